@@ -1,0 +1,1 @@
+"""Prompt templates and the project's own seed tasks (data files, loaded by path)."""
