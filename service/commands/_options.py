@@ -1,0 +1,78 @@
+"""Flags shared by `generate`, `config` and `serve`: one definition, one mapping to config keys."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from service.config import Config, load_config
+
+# flag dest -> config key (identical names; listed so the mapping is explicit and checked)
+GENERATE_FLAGS: dict[str, str] = {
+    "out": "out",
+    "target": "target",
+    "seed_tasks": "seed_tasks",
+    "base_url": "base_url",
+    "model": "model",
+    "api": "api",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "max_in_flight": "max_in_flight",
+    "seed": "seed",
+    "threshold": "threshold",
+    "inclusive_threshold": "inclusive_threshold",
+    "tokenizer": "tokenizer",
+    "dedup_index": "dedup_index",
+    "budget_usd": "budget_usd",
+    "max_total_tokens": "max_total_tokens",
+    "request_timeout": "request_timeout",
+    "prompts_per_request": "prompts_per_request",
+    "classification_share": "classification_share",
+    "local_model": "local_model",
+    "local_n_parallel": "local_n_parallel",
+    "local_n_ctx": "local_n_ctx",
+    "redis": "redis",
+    "run_id": "run_id",
+    "quiet": "quiet",
+    "fsync": "fsync",
+}
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """Every flag defaults to None so only what the user typed overrides env and file."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--out", metavar="DIR", help="run directory (an existing run is resumed)")
+    parser.add_argument("--target", metavar="N", help="finished tasks to write")
+    parser.add_argument("--seed-tasks", metavar="FILE", help="seed tasks (default: the project's own)")
+    parser.add_argument("--base-url", metavar="URL", help="OpenAI-compatible endpoint ending in /v1; none: the embedded local model")
+    parser.add_argument("--model", metavar="NAME", help="model name sent to the endpoint")
+    parser.add_argument("--api", choices=["chat", "completions"], help="which API to call")
+    parser.add_argument("--rpm", metavar="N", help="requests per minute to stay under")
+    parser.add_argument("--tpm", metavar="N", help="tokens per minute to stay under")
+    parser.add_argument("--max-in-flight", metavar="N", help="cap on concurrent requests")
+    parser.add_argument("--seed", metavar="INT", help="makes sampling and prompts repeatable")
+    parser.add_argument("--threshold", metavar="F", help="ROUGE-L threshold (reject when above)")
+    parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")
+    parser.add_argument("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L tokenizer")
+    parser.add_argument("--dedup-index", choices=["exact", "lsh64", "lsh128"], help="dedup prefilter")
+    parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
+    parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
+    parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")
+    parser.add_argument("--prompts-per-request", metavar="N", help="instruction prompts batched into one completions request")
+    parser.add_argument("--classification-share", metavar="F", help="share of instruction prompts asking for classification tasks")
+    parser.add_argument("--local-model", metavar="PATH.gguf", help="serve this GGUF file instead of the bundled model")
+    parser.add_argument("--local-n-parallel", metavar="N", help="parallel slots of the local server")
+    parser.add_argument("--local-n-ctx", metavar="N", help="context size of the local server")
+    parser.add_argument("--redis", metavar="URL", help="join a distributed run through Redis")
+    parser.add_argument("--run-id", metavar="ID", help="distributed run id")
+    parser.add_argument("--quiet", action="store_const", const=True, default=None, help="no progress display")
+    parser.add_argument("--fsync", action="store_const", const=True, default=None, help="fsync every record (slower; survives power loss)")
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, dest, None) for dest, key in GENERATE_FLAGS.items()}
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
+    return load_config(flags_from_args(args), config_file=getattr(args, "config", None))

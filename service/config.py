@@ -1,0 +1,457 @@
+"""Configuration: frozen dataclasses, loaded from four layers.
+
+Precedence, highest first: command-line flags > environment (``OPENAI_API_KEY``,
+``OPENAI_BASE_URL``, ``SELFINSTRUCT_<KEY>``) > TOML file (``--config``) > defaults.
+Every value is validated on load; an error names the key, the layer it came from and
+the bad value (never the value of a secret).
+
+TOML layout::
+
+    target = 2000
+    base_url = "http://127.0.0.1:8000/v1"
+    rpm = 3500
+    [filters]
+    min_words = 4
+    [stages.instances]          # per-stage endpoint/model/sampling overrides
+    model = "a-stronger-model"
+    temperature = 0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from service.errors import ConfigError
+
+ENV_PREFIX = "SELFINSTRUCT_"
+STAGES = ("instructions", "classify", "instances")
+ApiKind = Literal["chat", "completions"]
+
+
+class Secret:
+    """A string that never shows itself in repr/str/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Sampling and an optional endpoint override for one pipeline stage.
+
+    ``None`` endpoint fields mean "use the run's endpoint"; the paper gained quality when a
+    stronger model wrote the instance outputs, which is what these overrides are for.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    api: ApiKind | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_tokens: int = 300
+
+
+def default_stages() -> dict[str, StageConfig]:
+    """The reference method's sampling per stage (reference.md)."""
+    return {
+        "instructions": StageConfig(
+            temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
+        ),
+        "classify": StageConfig(temperature=0.0, top_p=1.0, max_tokens=3),
+        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=300),
+    }
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The reference's instruction and instance filters (all on by default)."""
+
+    min_words: int = 4  # the reference drops <= 3 words
+    max_words: int = 150
+    blacklist: tuple[str, ...] = (
+        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+        "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
+        "diagram",
+    )
+    drop_write_a_program: bool = True
+    drop_leading_punctuation: bool = True
+    drop_non_ascii_start: bool = True
+    max_instances: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `generate` (and friends) need, after all layers are merged."""
+
+    out: Path = Path("runs/default")
+    target: int = 100
+    seed_tasks: Path | None = None
+    seed: int = 0
+
+    # endpoint
+    base_url: str | None = None
+    api_key: Secret | None = None
+    model: str | None = None
+    api: ApiKind = "completions"
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int = 256
+    request_timeout: float = 120.0
+    max_attempts: int = 6
+    deadline: float | None = None
+    budget_usd: float | None = None
+    max_total_tokens: int | None = None
+    prompts_per_request: int = 5
+
+    # method
+    num_prompt_instructions: int = 8
+    num_machine_instructions: int = 2
+    classification_share: float = 0.0
+    threshold: float = 0.7
+    inclusive_threshold: bool = False
+    tokenizer: Literal["rouge", "unicode"] = "rouge"
+    dedup_index: Literal["exact", "lsh64", "lsh128"] = "exact"
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    stages: dict[str, StageConfig] = field(default_factory=default_stages)
+
+    # embedded local model
+    local_model: Path | None = None
+    local_n_ctx: int = 4096
+    local_n_parallel: int = 4
+    local_threads: int = 1
+
+    # distributed
+    redis: str | None = None
+    run_id: str | None = None
+
+    # behaviour
+    quiet: bool = False
+    fsync: bool = False
+
+    def stage(self, name: str) -> StageConfig:
+        return self.stages[name]
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able dict for printing and run.json: secrets shown as '***'."""
+        result: dict[str, Any] = _to_jsonable(self)
+        return result
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "***" if value else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Coercion and validation: one table, so every key is checked the same way.
+
+_POSITIVE_INT = {
+    "target", "max_in_flight", "max_attempts", "prompts_per_request", "num_prompt_instructions",
+    "local_n_ctx", "local_n_parallel", "local_threads", "rpm", "tpm", "max_total_tokens",
+    "max_words", "max_instances", "max_tokens",
+}
+_NON_NEGATIVE_INT = {"seed", "num_machine_instructions", "min_words"}
+_POSITIVE_FLOAT = {"request_timeout", "deadline", "budget_usd"}
+_UNIT_FLOAT = {"threshold", "classification_share", "top_p"}
+
+
+def _fail(key: str, source: str, value: Any, expected: str) -> ConfigError:
+    shown = "***" if "key" in key.split(".")[-1] else repr(value)
+    return ConfigError(f"config key '{key}' ({source}): expected {expected}, got {shown}")
+
+
+def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
+    """Turn a raw value (a string from the environment, a TOML value, a flag) into the
+    field's type, then range-check it."""
+    name = key.split(".")[-1]
+    type_text = str(annotation)
+    original = value
+    optional = "None" in type_text
+    if value is None:
+        if optional:
+            return None
+        raise _fail(key, source, value, "a value")
+    if isinstance(value, str) and optional and value.strip().lower() in {"", "none", "null"}:
+        return None
+    if "Secret" in type_text:
+        if not isinstance(value, str | Secret):
+            raise _fail(key, source, "***", "a string")
+        return value if isinstance(value, Secret) else Secret(value)
+    literal_args: tuple[Any, ...] = ()
+    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
+        literal_args = {
+            "api": get_args(ApiKind),
+            "tokenizer": ("rouge", "unicode"),
+            "dedup_index": ("exact", "lsh64", "lsh128"),
+        }.get(name, ())
+    if literal_args:
+        if value not in literal_args:
+            raise _fail(key, source, value, "one of " + ", ".join(literal_args))
+        return value
+    if "bool" in type_text:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+        raise _fail(key, source, value, "true or false")
+    if "int" in type_text and "float" not in type_text:
+        if isinstance(value, bool):
+            raise _fail(key, source, value, "an integer")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip().replace("_", ""))
+            except ValueError:
+                raise _fail(key, source, value, "an integer") from None
+        if not isinstance(value, int):
+            raise _fail(key, source, value, "an integer")
+        if name in _POSITIVE_INT and value <= 0:
+            raise _fail(key, source, original, "a positive integer")
+        if name in _NON_NEGATIVE_INT and value < 0:
+            raise _fail(key, source, original, "an integer >= 0")
+        return value
+    if "float" in type_text:
+        if isinstance(value, bool):
+            raise _fail(key, source, value, "a number")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise _fail(key, source, value, "a number") from None
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise _fail(key, source, value, "a finite number")
+        value = float(value)
+        if name in _POSITIVE_FLOAT and value <= 0:
+            raise _fail(key, source, original, "a number > 0")
+        if name in _UNIT_FLOAT and not 0.0 <= value <= 1.0:
+            raise _fail(key, source, original, "a number between 0 and 1")
+        if name == "temperature" and not 0.0 <= value <= 2.0:
+            raise _fail(key, source, original, "a number between 0 and 2")
+        if name in {"presence_penalty", "frequency_penalty"} and not -2.0 <= value <= 2.0:
+            raise _fail(key, source, original, "a number between -2 and 2")
+        return value
+    if "Path" in type_text:
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise _fail(key, source, value, "a path")
+        return Path(value).expanduser()
+    if "tuple" in type_text:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _fail(key, source, value, "a list of strings")
+        return tuple(value)
+    if "str" in type_text:
+        if not isinstance(value, str):
+            raise _fail(key, source, value, "a string")
+        if name == "base_url" and not value.startswith(("http://", "https://")):
+            raise _fail(key, source, value, "an http:// or https:// URL")
+        if name == "base_url":
+            return value.rstrip("/")
+        if name == "redis" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise _fail(key, source, value, "a redis:// URL")
+        if name == "run_id" and not _valid_run_id(value):
+            raise _fail(key, source, value, "letters, digits, '-', '_' or '.' (1-64 chars)")
+        return value
+    raise _fail(key, source, value, type_text)  # pragma: no cover - table is exhaustive
+
+
+def _valid_run_id(value: str) -> bool:
+    return (
+        0 < len(value) <= 64
+        and value not in {".", ".."}
+        and all(c.isascii() and (c.isalnum() or c in "-_.") for c in value)
+    )
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+_FILTER_TYPES = {f.name: f.type for f in fields(FilterConfig)}
+_STAGE_TYPES = {f.name: f.type for f in fields(StageConfig)}
+# Keys that are not simple scalars and so have no SELFINSTRUCT_ env variable of their own.
+_NESTED = {"filters", "stages"}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """Merge the layers; return the config and where each non-default value came from.
+
+    ``flags`` holds only values the user actually gave (None means "not given").
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    filters: dict[str, Any] = {}
+    stages: dict[str, dict[str, Any]] = {}
+
+    # Layer 1: TOML file.
+    if config_file is not None:
+        data = _read_toml(config_file)
+        src = f"from {config_file}"
+        for key, raw in data.items():
+            if key == "filters":
+                if not isinstance(raw, dict):
+                    raise _fail("filters", src, raw, "a table")
+                for fkey, fraw in raw.items():
+                    if fkey not in _FILTER_TYPES:
+                        raise ConfigError(f"config key 'filters.{fkey}' ({src}): unknown key")
+                    filters[fkey] = _coerce(f"filters.{fkey}", _FILTER_TYPES[fkey], fraw, src)
+                    sources[f"filters.{fkey}"] = src
+            elif key == "stages":
+                if not isinstance(raw, dict):
+                    raise _fail("stages", src, raw, "a table")
+                for stage, sraw in raw.items():
+                    if stage not in STAGES:
+                        raise ConfigError(
+                            f"config key 'stages.{stage}' ({src}): unknown stage; "
+                            f"expected one of {', '.join(STAGES)}"
+                        )
+                    if not isinstance(sraw, dict):
+                        raise _fail(f"stages.{stage}", src, sraw, "a table")
+                    for skey, sval in sraw.items():
+                        full = f"stages.{stage}.{skey}"
+                        if skey not in _STAGE_TYPES:
+                            raise ConfigError(f"config key '{full}' ({src}): unknown key")
+                        stages.setdefault(stage, {})[skey] = _coerce(
+                            full, _STAGE_TYPES[skey], sval, src
+                        )
+                        sources[full] = src
+            elif key in _FIELD_TYPES:
+                values[key] = _coerce(key, _FIELD_TYPES[key], raw, src)
+                sources[key] = src
+            else:
+                raise ConfigError(f"config key '{key}' ({src}): unknown key")
+
+    # Layer 2: environment. The OpenAI names first, so SELFINSTRUCT_* can override them.
+    for env_key, key in (("OPENAI_BASE_URL", "base_url"), ("OPENAI_API_KEY", "api_key")):
+        if env.get(env_key):
+            src = f"from environment {env_key}"
+            values[key] = _coerce(key, _FIELD_TYPES[key], env[env_key], src)
+            sources[key] = src
+    for key, annotation in _FIELD_TYPES.items():
+        if key in _NESTED:
+            continue
+        name = env_name(key)
+        if name in env:
+            src = f"from environment {name}"
+            values[key] = _coerce(key, annotation, env[name], src)
+            sources[key] = src
+
+    # Layer 3: flags.
+    for key, raw in flags.items():
+        if key not in _FIELD_TYPES or key in _NESTED:
+            raise ConfigError(f"config key '{key}' (from flags): unknown key")
+        if key == "api_key":
+            raise ConfigError(
+                "config key 'api_key' (from flags): pass the key through OPENAI_API_KEY "
+                "or the config file, never a flag (flags show in process lists)"
+            )
+        values[key] = _coerce(key, _FIELD_TYPES[key], raw, "from flags")
+        sources[key] = "from flags"
+
+    stage_configs = default_stages()
+    for stage, overrides in stages.items():
+        stage_configs[stage] = dataclasses.replace(stage_configs[stage], **overrides)
+    config = Config(**values, filters=FilterConfig(**filters), stages=stage_configs)
+    _check_consistency(config)
+    return config, sources
+
+
+def _check_consistency(config: Config) -> None:
+    if config.num_machine_instructions > config.num_prompt_instructions:
+        raise ConfigError(
+            "config key 'num_machine_instructions': must not exceed num_prompt_instructions "
+            f"({config.num_machine_instructions} > {config.num_prompt_instructions})"
+        )
+    if config.filters.min_words > config.filters.max_words:
+        raise ConfigError(
+            f"config key 'filters.min_words': {config.filters.min_words} is above "
+            f"filters.max_words {config.filters.max_words}"
+        )
+    if config.run_id is not None and config.redis is None:
+        raise ConfigError("config key 'run_id': only meaningful with 'redis' (a distributed run)")
+
+
+def render(config: Config, sources: Mapping[str, str]) -> str:
+    """Human-readable TOML dump with the source of every non-default value."""
+    data = config.redacted()
+
+    def line(key: str, value: Any, source_key: str) -> str:
+        note = f"  # {sources[source_key]}" if source_key in sources else ""
+        if value is None:
+            return f"# {key} is unset{note}"
+        return f"{key} = {_toml_value(value)}{note}"
+
+    lines = [line(k, v, k) for k, v in data.items() if k not in _NESTED]
+    lines += ["", "[filters]"]
+    lines += [line(k, v, f"filters.{k}") for k, v in data["filters"].items()]
+    for stage, stage_values in data["stages"].items():
+        lines += ["", f"[stages.{stage}]"]
+        lines += [line(k, v, f"stages.{stage}.{k}") for k, v in stage_values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)

@@ -1,0 +1,245 @@
+"""The run directory: append-only JSONL files, an atomically replaced ``run.json``, a lock.
+
+Why this shape: a bulk run lasts hours, so every record is appended and handed to the
+OS in one ``write`` the moment it exists (a ``kill -9`` loses nothing already written),
+files are never rewritten whole, and a restart reads them back to resume. A crash can
+only tear the *last* line of a file; that torn tail is detected on open, cut off and
+reported, and never parsed as data.
+
+Layout (see contract.md):
+
+    tasks.jsonl          finished tasks
+    instructions.jsonl   every admitted instruction, in admission order
+    rejected.jsonl       every dropped candidate or instance, with stage and reason
+    seeds.jsonl          the seed tasks the run started from (so verify/resume are self-contained)
+    run.json             configuration (no secrets), counters, usage, timings, version
+    .lock                held with flock(LOCK_EX) by the one process writing the directory
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.errors import RunDirError
+
+TASKS = "tasks.jsonl"
+INSTRUCTIONS = "instructions.jsonl"
+REJECTED = "rejected.jsonl"
+SEEDS = "seeds.jsonl"
+RUN_JSON = "run.json"
+LOCK = ".lock"
+JSONL_FILES = (TASKS, INSTRUCTIONS, REJECTED, SEEDS)
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A torn tail cut off a JSONL file when the run directory was opened."""
+
+    file: str
+    bytes_removed: int
+    line: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.file}: line {self.line} was incomplete (a crash mid-write); "
+            f"removed {self.bytes_removed} bytes"
+        )
+
+
+def repair_torn_tail(path: Path) -> Repair | None:
+    """Cut a last line that lacks its newline; return what was cut, or None."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with path.open("rb+") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return None
+        # Scan backwards in blocks for the last newline.
+        block = 65536
+        pos = size
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            pos = start
+        fh.seek(0)
+        line = fh.read(keep).count(b"\n") + 1
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Repair(file=path.name, bytes_removed=size - keep, line=line)
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each line; a bad line raises RunDirError.
+
+    Call :func:`repair_torn_tail` first (RunDir.open does) so a crash's torn tail is
+    never mistaken for corruption.
+    """
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            if not raw.endswith(b"\n"):
+                raise RunDirError(f"{path}:{lineno}: incomplete last line (torn write)")
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise RunDirError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, obj
+
+
+class JsonlWriter:
+    """Appends one JSON object a line; each record reaches the OS in a single write."""
+
+    def __init__(self, path: Path, fsync: bool = False) -> None:
+        self.path = path
+        self._fsync = fsync
+        # O_APPEND: every write lands at the end even if the offset was stale.
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.count = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._fd is None:
+            raise RunDirError(f"{self.path}: writer is closed")
+        data = orjson.dumps(record) + b"\n"
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (signals, full pipes)
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self._fsync:
+            os.fsync(self._fd)
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write then rename: readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    with tmp.open("wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    file = path / RUN_JSON
+    if not file.exists():
+        return {}
+    try:
+        data = orjson.loads(file.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise RunDirError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{file}: expected a JSON object")
+    return data
+
+
+@dataclass
+class RunDir:
+    """An opened, locked run directory. Use :meth:`open` (or ``with RunDir.open(p)``)."""
+
+    path: Path
+    repairs: list[Repair] = field(default_factory=list)
+    _lock_fd: int | None = None
+    _writers: dict[str, JsonlWriter] = field(default_factory=dict)
+    fsync: bool = False
+
+    @classmethod
+    def open(cls, path: Path | str, *, create: bool = True, fsync: bool = False) -> RunDir:
+        root = Path(path).resolve()
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"{root}: exists and is not a directory")
+        if not root.exists():
+            if not create:
+                raise RunDirError(f"{root}: no such run directory")
+            root.mkdir(parents=True)
+        run = cls(path=root, fsync=fsync)
+        run._lock()
+        try:
+            for name in JSONL_FILES:
+                repair = repair_torn_tail(root / name)
+                if repair is not None:
+                    run.repairs.append(repair)
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(
+                f"{self.path} is in use by another selfinstruct process (pid {holder}); "
+                "wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def writer(self, name: str) -> JsonlWriter:
+        if self._lock_fd is None:
+            raise RunDirError(f"{self.path}: run directory is closed")
+        if name not in self._writers:
+            self._writers[name] = JsonlWriter(self.path / name, fsync=self.fsync)
+        return self._writers[name]
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        self.writer(name).append(record)
+
+    def read(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        return read_jsonl(self.path / name)
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        return [obj for _, obj in read_jsonl(self.path / name)]
+
+    def write_run_json(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.path / RUN_JSON, data)
+
+    def read_run_json(self) -> dict[str, Any]:
+        return read_run_json(self.path)
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
