@@ -1,0 +1,420 @@
+"""Async OpenAI-compatible client: one aiohttp session, a shared limiter, retries,
+accounting. ``complete`` posts to {base_url}/completions, ``chat`` to
+{base_url}/chat/completions; both can stream (SSE) and then measure time to first token.
+
+Only :mod:`service.llm.errors` classes (and BudgetExceeded) leave this module;
+CancelledError propagates untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.llm.accounting import Accounting
+from service.llm.errors import (
+    BadResponse,
+    ClientRequestError,
+    ConnectionFailed,
+    ContextLengthError,
+    DeadlineExceeded,
+    LLMError,
+    RateLimitError,
+    RequestTimeout,
+    RetriesExhausted,
+    ServerError,
+    error_kind,
+)
+from service.llm.limiter import Permit, RateLimiter
+from service.llm.retry import (
+    is_context_length_error,
+    retry_after_from_headers,
+    retry_delay,
+    should_retry,
+    shrink_max_tokens,
+    truncate_message,
+)
+from service.llm.secret import redact
+from service.llm.settings import ClientSettings
+from service.llm.tokens import (
+    estimate_chat_tokens,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    request_weight,
+)
+from service.llm.types import Choice, Result, Usage
+
+Message = Mapping[str, str]
+
+
+class LLMClient:
+    """Use as ``async with LLMClient(settings) as client:``. Share ``limiter`` and
+    ``accounting`` between clients that talk to the same account."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        limiter: RateLimiter | None = None,
+        accounting: Accounting | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter or RateLimiter(settings.limiter)
+        self.accounting = accounting or Accounting(settings.prices, settings.budget)
+        self._rng = random.Random(settings.jitter_seed)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"LLMClient(base_url={self.settings.base_url!r}, model={self.settings.model!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Content-Type": "application/json", "User-Agent": self.settings.user_agent}
+            if self.settings.api_key:
+                headers["Authorization"] = f"Bearer {self.settings.api_key.reveal()}"
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.limiter.max_in_flight, limit_per_host=0, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=headers, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.accounting.snapshot(), "limiter": self.limiter.snapshot()}
+
+    # ------------------------------------------------------------------ public calls
+    async def complete(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        stream: bool = False,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Legacy completions. With a list of prompts the choices come back mapped by
+        ``index``: prompt i owns indices i*n .. i*n+n-1 (:meth:`Result.for_prompt`)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("complete() needs at least one prompt")
+        body = self._body(model, max_tokens, temperature, top_p, presence_penalty,
+                          frequency_penalty, stop, n, seed, stream, extra_body)
+        body["prompt"] = prompts[0] if isinstance(prompt, str) else prompts
+        return await self._call("/completions", body, estimate_prompt_tokens(prompts),
+                                len(prompts), n, chat=False)
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        stream: bool = False,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """Chat completions; ``messages`` like [{"role": "user", "content": "..."}]."""
+        if not messages:
+            raise ValueError("chat() needs at least one message")
+        body = self._body(model, max_tokens, temperature, top_p, presence_penalty,
+                          frequency_penalty, stop, n, seed, stream, extra_body)
+        body["messages"] = [dict(m) for m in messages]
+        return await self._call("/chat/completions", body, estimate_chat_tokens(messages),
+                                1, n, chat=True)
+
+    # ------------------------------------------------------------------ internals
+    def _body(
+        self,
+        model: str | None,
+        max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        presence_penalty: float | None,
+        frequency_penalty: float | None,
+        stop: str | Sequence[str] | None,
+        n: int,
+        seed: int | None,
+        stream: bool,
+        extra_body: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1 (got {n})")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+        body: dict[str, Any] = {"model": model or self.settings.model, "max_tokens": max_tokens}
+        optional = {"temperature": temperature, "top_p": top_p, "presence_penalty": presence_penalty,
+                    "frequency_penalty": frequency_penalty, "seed": seed}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if stop is not None:
+            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if n != 1:
+            body["n"] = n
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        if extra_body:
+            body.update(extra_body)
+        return body
+
+    async def _call(
+        self, path: str, body: dict[str, Any], prompt_tokens: int, n_prompts: int, n: int,
+        *, chat: bool,
+    ) -> Result:
+        # New calls stop at the budget; calls already past this line finish normally.
+        self.accounting.check_budget()
+        retry = self.settings.retry
+        loop = asyncio.get_running_loop()
+        deadline = None if retry.deadline_s is None else loop.time() + retry.deadline_s
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"deadline of {retry.deadline_s}s passed after {attempt - 1} attempts")
+            weight = request_weight(prompt_tokens, int(body["max_tokens"]), n, n_prompts)
+            try:
+                # The overall deadline also bounds the wait for a rate-limit permit.
+                async with asyncio.timeout(remaining):
+                    permit = await self.limiter.acquire(weight)
+            except TimeoutError:
+                self.accounting.record_call(False, "deadline")
+                raise DeadlineExceeded(
+                    f"deadline of {retry.deadline_s}s passed waiting for the rate limiter"
+                ) from None
+            try:
+                timeout = retry.request_timeout_s if remaining is None else min(retry.request_timeout_s, remaining)
+                result = await self._attempt(path, body, permit, timeout, n_prompts, n, chat)
+            except LLMError as exc:
+                kind = error_kind(exc)
+                if isinstance(exc, RateLimitError):
+                    permit.settle(0)  # the server did not admit it
+                    self.limiter.on_rate_limited(exc.retry_after)
+                if isinstance(exc, ContextLengthError):
+                    if not retry.shrink_on_context_length or body["max_tokens"] <= 1:
+                        self.accounting.record_call(False, kind)
+                        raise
+                    body["max_tokens"] = shrink_max_tokens(int(body["max_tokens"]))
+                    delay = 0.0
+                elif isinstance(exc, ClientRequestError):
+                    self.accounting.record_call(False, kind)
+                    raise  # other 4xx: fail fast
+                else:
+                    retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+                    delay = retry_delay(attempt - 1, self._rng, retry_after,
+                                        retry.backoff_base_s, retry.backoff_cap_s)
+                left = None if deadline is None else deadline - loop.time()
+                if not should_retry(attempt, retry.max_attempts, left, delay):
+                    self.accounting.record_call(False, RetriesExhausted.kind)
+                    raise RetriesExhausted(
+                        f"gave up after {attempt} attempt(s); last error ({kind}): {exc}", exc, attempt
+                    ) from exc
+                self.accounting.record_retry(kind)
+            else:
+                self.accounting.record_call(True, "ok", result.latency_s, result.ttft_s)
+                return _with(result, attempts=attempt, max_tokens=int(body["max_tokens"]),
+                             total_s=time.perf_counter() - started)
+            finally:
+                permit.release()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, path: str, body: dict[str, Any], permit: Permit, timeout: float,
+        n_prompts: int, n: int, chat: bool,
+    ) -> Result:
+        session = self._get_session()
+        url = self.settings.base_url + path
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(timeout, self.settings.retry.connect_timeout_s)
+        )
+        t0 = time.perf_counter()
+        stream = bool(body.get("stream"))
+        try:
+            async with session.post(url, data=orjson.dumps(body), timeout=client_timeout) as resp:
+                self.limiter.on_headers(resp.headers)
+                if resp.status != 200:
+                    self.accounting.record_attempt(str(resp.status))
+                    raw = await resp.read()
+                    raise self._status_error(resp.status, raw, resp.headers, url)
+                if stream:
+                    data, ttft = await _read_sse(resp, t0, chat)
+                else:
+                    data, ttft = orjson.loads(await resp.read()), None
+                latency = time.perf_counter() - t0
+                result = _parse(data, body, n_prompts, n, chat, latency, ttft)
+        except LLMError:
+            raise
+        except TimeoutError:
+            self.accounting.record_attempt(RequestTimeout.kind)
+            raise RequestTimeout(f"no complete response from {url} within {timeout:.1f}s") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
+            self.accounting.record_attempt(ConnectionFailed.kind)
+            raise ConnectionFailed(self._clean(f"connection to {url} failed: {type(exc).__name__}: {exc}")) from None
+        except aiohttp.ClientError as exc:
+            self.accounting.record_attempt(ConnectionFailed.kind)
+            raise ConnectionFailed(self._clean(f"request to {url} failed: {type(exc).__name__}: {exc}")) from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            # orjson.JSONDecodeError is a ValueError; shape errors land here too
+            self.accounting.record_attempt(BadResponse.kind)
+            raise BadResponse(self._clean(f"unusable response body from {url}: {type(exc).__name__}: {exc}")) from None
+        self.accounting.record_attempt("200")
+        self.accounting.record_usage(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
+        permit.settle(result.usage.total_tokens)
+        return result
+
+    def _clean(self, text: str) -> str:
+        return truncate_message(redact(text, self.settings.api_key))
+
+    def _status_error(
+        self, status: int, raw: bytes, headers: Mapping[str, str], url: str
+    ) -> LLMError:
+        message = _server_message(raw)
+        text = self._clean(f"HTTP {status} from {url}: {message}")
+        if status == 429:
+            return RateLimitError(text, retry_after_from_headers(headers, time.time()))
+        if status >= 500 or status == 408:
+            return ServerError(text, status)
+        if is_context_length_error(status, message):
+            return ContextLengthError(text, status)
+        return ClientRequestError(text, status)
+
+
+def _server_message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if "message" in data:
+            return str(data["message"])
+    return raw.decode("utf-8", "replace")
+
+
+async def _read_sse(resp: aiohttp.ClientResponse, t0: float, chat: bool) -> tuple[dict[str, Any], float | None]:
+    """Fold an SSE stream into one non-streaming-shaped response dict."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    usage: dict[str, Any] | None = None
+    model = ""
+    ttft: float | None = None
+    done = False
+    async for raw_line in resp.content:
+        line = raw_line.strip()
+        if not line.startswith(b"data:"):
+            continue  # comments, event names, blank separators
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            done = True
+            break
+        chunk = orjson.loads(payload)
+        if "error" in chunk:
+            raise BadResponse(truncate_message(f"error event in stream: {chunk['error']}"))
+        model = chunk.get("model") or model
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for c in chunk.get("choices") or []:
+            idx = int(c.get("index", 0))
+            piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
+            if piece:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                texts.setdefault(idx, []).append(piece)
+            else:
+                texts.setdefault(idx, [])
+            if c.get("finish_reason") is not None:
+                finish[idx] = c["finish_reason"]
+    if not done:
+        raise BadResponse("stream ended before data: [DONE]")
+    choices = [
+        {"index": i, "finish_reason": finish.get(i),
+         **({"message": {"content": "".join(t)}} if chat else {"text": "".join(t)})}
+        for i, t in sorted(texts.items())
+    ]
+    return {"model": model, "choices": choices, "usage": usage}, ttft
+
+
+def _parse(
+    data: Any, body: Mapping[str, Any], n_prompts: int, n: int, chat: bool,
+    latency: float, ttft: float | None,
+) -> Result:
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise BadResponse("response has no 'choices' list")
+    choices: list[Choice] = []
+    for pos, c in enumerate(data["choices"]):
+        idx = int(c.get("index", pos))
+        text = (c["message"].get("content") or "") if chat else c["text"]
+        if not isinstance(text, str):
+            raise BadResponse("choice text is not a string")
+        choices.append(Choice(text=text, finish_reason=c.get("finish_reason"), index=idx,
+                              prompt_index=idx // n))
+    choices.sort(key=lambda ch: ch.index)
+    if {ch.index for ch in choices} != set(range(n_prompts * n)):
+        raise BadResponse(f"expected choice indices 0..{n_prompts * n - 1}, got {[ch.index for ch in choices]}")
+    raw_usage = data.get("usage")
+    if isinstance(raw_usage, dict) and "prompt_tokens" in raw_usage:
+        usage = Usage(int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0))
+    else:  # servers that omit usage: estimate, so budgets and the limiter still see tokens
+        prompt_text = body.get("prompt")
+        prompts = [prompt_text] if isinstance(prompt_text, str) else list(prompt_text or [])
+        p_tokens = estimate_chat_tokens(body["messages"]) if chat else estimate_prompt_tokens(prompts)
+        usage = Usage(p_tokens, sum(estimate_text_tokens(ch.text) for ch in choices))
+    return Result(
+        model=str(data.get("model") or body.get("model") or ""),
+        choices=tuple(choices),
+        usage=usage,
+        latency_s=latency,
+        ttft_s=ttft,
+        n_prompts=n_prompts,
+        id=data.get("id"),
+    )
+
+
+def _with(result: Result, *, attempts: int, max_tokens: int, total_s: float) -> Result:
+    from dataclasses import replace
+
+    return replace(result, attempts=attempts, max_tokens=max_tokens,
+                   extra={**result.extra, "total_s": round(total_s, 6)})

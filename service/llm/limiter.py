@@ -1,0 +1,317 @@
+"""Smooth, adaptive, FIFO rate limiter: requests per minute AND tokens per minute,
+plus a cap on requests in flight.
+
+Design
+------
+* Two token buckets (requests, tokens) refilled continuously at ``rate * factor`` with a
+  small capacity (``burst_seconds`` of rate, default 1 s): no burst of the whole minute's
+  quota at start, unlike ``Throttler(N, 60)`` / ``AsyncLimiter(N, 60)``.
+* A request is weighed by its estimated tokens (prompt + max_tokens * n, as hosted APIs
+  count) and corrected from ``usage`` afterwards (:meth:`Permit.settle`).
+* Waiters queue FIFO; exactly one timer is armed, for the head of the queue, at the moment
+  the head can be served. Nobody polls; 1,000 waiters cost one timer.
+* Adaptive: on 429 all senders pause until Retry-After and the rate factor is cut
+  multiplicatively (once per cooldown, so a burst of 429s from requests already in flight
+  counts once); the factor then creeps back additively to 1.
+* ``x-ratelimit-remaining-*`` clamp the buckets (the server knows best); a dimension with
+  no configured rate pauses until ``x-ratelimit-reset-*`` when its remaining hits 0.
+* Cancellation-safe: a cancelled waiter leaves the queue (or, if it was granted in the
+  same loop iteration it was cancelled, gives its grant back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from service.llm.constants import (
+    DECREASE_COOLDOWN_S,
+    DEFAULT_BURST_SECONDS,
+    DEFAULT_MAX_IN_FLIGHT,
+    MIN_BURST_REQUESTS,
+    MIN_RATE_FACTOR,
+    RATE_DECREASE_FACTOR,
+    RATE_RECOVERY_PER_S,
+)
+from service.llm.retry import parse_duration
+
+_EPSILON_S = 1e-4
+_DEFAULT_429_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class LimiterSettings:
+    rpm: float | None = None
+    tpm: float | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    burst_seconds: float = DEFAULT_BURST_SECONDS
+    adaptive: bool = True
+    decrease_factor: float = RATE_DECREASE_FACTOR
+    min_factor: float = MIN_RATE_FACTOR
+    recovery_per_s: float = RATE_RECOVERY_PER_S
+    decrease_cooldown_s: float = DECREASE_COOLDOWN_S
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (got {value!r})")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1 (got {self.max_in_flight!r})")
+        if self.burst_seconds <= 0:
+            raise ValueError(f"burst_seconds must be > 0 (got {self.burst_seconds!r})")
+
+
+class _Bucket:
+    """Continuous token bucket. ``level`` may go negative (debt from a large request or a
+    usage correction); it is repaid by refill before anything else is granted."""
+
+    __slots__ = ("capacity", "level", "rate")
+
+    def __init__(self, per_minute: float, burst_seconds: float, floor: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(floor, self.rate * burst_seconds)
+        self.level = self.capacity
+
+    def refill(self, dt: float, factor: float) -> None:
+        self.level = min(self.capacity, self.level + self.rate * factor * dt)
+
+    def need(self, amount: float) -> float:
+        # an amount above capacity is granted from a full bucket (then runs into debt)
+        return min(amount, self.capacity)
+
+    def wait_for(self, amount: float, factor: float) -> float:
+        missing = self.need(amount) - self.level
+        return 0.0 if missing <= 0 else missing / (self.rate * factor)
+
+
+class RateLimiter:
+    def __init__(
+        self, settings: LimiterSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._requests = (
+            _Bucket(settings.rpm, settings.burst_seconds, MIN_BURST_REQUESTS) if settings.rpm else None
+        )
+        self._tokens = _Bucket(settings.tpm, settings.burst_seconds, 1.0) if settings.tpm else None
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.Handle | None = None
+        self._last = clock()
+        self._factor = 1.0
+        self._paused_until = 0.0
+        self._last_decrease = -1e18
+        self.in_flight = 0
+        self.granted = 0
+        self.waited = 0
+        self.rate_limited = 0
+        self.decreases = 0
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for _, fut in self._queue if not fut.done())
+
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._clock())
+
+    async def acquire(self, tokens: int = 0) -> Permit:
+        """Wait for a slot, then for rate; returns a :class:`Permit` to release."""
+        # Slot first, then rate: rate taken while waiting for a slot would be wasted.
+        await self._slots.acquire()
+        try:
+            await self._take(max(0, tokens))
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_flight += 1
+        self.granted += 1
+        return Permit(self, max(0, tokens))
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """A 429: pause everyone until the server's Retry-After, cut the rate (adaptive)."""
+        now = self._advance()
+        self.rate_limited += 1
+        pause = _DEFAULT_429_PAUSE_S if retry_after is None else retry_after
+        self._paused_until = max(self._paused_until, now + pause)
+        if self.settings.adaptive and now - self._last_decrease >= self.settings.decrease_cooldown_s:
+            self._factor = max(self.settings.min_factor, self._factor * self.settings.decrease_factor)
+            self._last_decrease = now
+            self.decreases += 1
+        self._reschedule()
+
+    def on_headers(self, headers: Mapping[str, str]) -> None:
+        """Honour ``x-ratelimit-remaining-requests/-tokens`` and ``x-ratelimit-reset-*``."""
+        now = self._advance()
+        for bucket, dim in ((self._requests, "requests"), (self._tokens, "tokens")):
+            raw = headers.get(f"x-ratelimit-remaining-{dim}")
+            if raw is None:
+                continue
+            try:
+                remaining = float(raw)
+            except ValueError:
+                continue
+            if bucket is not None:
+                bucket.level = min(bucket.level, remaining)
+            elif remaining <= 0:
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{dim}", ""))
+                if reset:
+                    self._paused_until = max(self._paused_until, now + reset)
+        self._reschedule()
+
+    # ---------------------------------------------------------------- internals
+    def _advance(self) -> float:
+        now = self._clock()
+        dt = max(0.0, now - self._last)
+        self._last = now
+        if dt:
+            # time spent paused refills the buckets but does not restore the rate factor
+            for bucket in (self._requests, self._tokens):
+                if bucket is not None:
+                    bucket.refill(dt, self._factor)
+            if now >= self._paused_until and self._factor < 1.0:
+                self._factor = min(1.0, self._factor + self.settings.recovery_per_s * dt)
+        return now
+
+    def _wait_time(self, tokens: int, now: float) -> float:
+        wait = max(0.0, self._paused_until - now)
+        if self._requests is not None:
+            wait = max(wait, self._requests.wait_for(1, self._factor))
+        if self._tokens is not None:
+            wait = max(wait, self._tokens.wait_for(tokens, self._factor))
+        return wait
+
+    def _debit(self, tokens: int) -> None:
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= tokens
+
+    def _credit(self, tokens: int, requests: int = 1) -> None:
+        if self._requests is not None:
+            self._requests.level = min(self._requests.capacity, self._requests.level + requests)
+        if self._tokens is not None:
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + tokens)
+
+    async def _take(self, tokens: int) -> None:
+        now = self._advance()
+        if not self._head_pending() and self._wait_time(tokens, now) <= 0:
+            self._debit(tokens)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((tokens, fut))
+        self.waited += 1
+        if self._timer is None:
+            self._reschedule()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted and cancelled in the same iteration: give the grant back.
+                self._credit(tokens)
+            # A cancelled entry stays in the deque and is skipped lazily (O(1) cancel);
+            # if it was the head, the timer must be re-armed for the next waiter.
+            self._reschedule()
+            raise
+
+    def _head_pending(self) -> bool:
+        while self._queue and self._queue[0][1].done():
+            self._queue.popleft()
+        return bool(self._queue)
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._head_pending():
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._wait_time(self._queue[0][0], self._advance())
+        if wait <= 0:
+            self._timer = loop.call_soon(self._dispatch)
+        else:
+            self._timer = loop.call_later(wait + _EPSILON_S, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._timer = None
+        now = self._advance()
+        # Serve strictly in arrival order; stop at the first waiter that must wait.
+        while self._head_pending():
+            tokens, fut = self._queue[0]
+            if self._wait_time(tokens, now) > 0:
+                break
+            self._queue.popleft()
+            self._debit(tokens)
+            fut.set_result(None)
+        self._reschedule()
+
+    def _settle(self, charged: int, actual: int) -> None:
+        if self._tokens is None or actual == charged:
+            return
+        self._advance()
+        # refund (actual < charged) or debit the difference; debt is repaid by refill
+        self._tokens.level = min(self._tokens.capacity, self._tokens.level + (charged - actual))
+        if actual < charged and self._timer is not None:
+            self._reschedule()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rpm": self.settings.rpm,
+            "tpm": self.settings.tpm,
+            "max_in_flight": self.settings.max_in_flight,
+            "rate_factor": round(self._factor, 4),
+            "paused_for_s": round(self.paused_for(), 3),
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "granted": self.granted,
+            "waited": self.waited,
+            "rate_limited": self.rate_limited,
+            "rate_decreases": self.decreases,
+        }
+
+
+class Permit:
+    """One admitted request: :meth:`settle` with the actual tokens, then :meth:`release`.
+    Usable as ``async with await limiter.acquire(n) as permit:``."""
+
+    __slots__ = ("_limiter", "_released", "tokens")
+
+    def __init__(self, limiter: RateLimiter, tokens: int) -> None:
+        self._limiter = limiter
+        self.tokens = tokens
+        self._released = False
+
+    def settle(self, actual_tokens: int) -> None:
+        """Correct the token charge from the response's ``usage`` (refund or debit)."""
+        self._limiter._settle(self.tokens, actual_tokens)
+        self.tokens = actual_tokens
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._limiter._release()
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
