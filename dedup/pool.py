@@ -1,0 +1,216 @@
+"""The growing pool of admitted instructions and the admission decision.
+
+``Pool.admit(text)`` keeps the reference's semantics: reject when the ROUGE-L F-measure
+against any pool entry is above the threshold (``inclusive``: at or above), else add the
+text. Scores are ``rouge-score``'s to the bit (``dedup.rougel``); the candidate index only
+decides which entries are scored. Pure and single-threaded: the pipeline gives the pool
+to one worker thread and nothing else touches it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq
+
+from dedup.index import (
+    BruteIndex,
+    CandidateIndex,
+    FullIndex,
+    LshIndex,
+    PrefixIndex,
+    length_compatible,
+)
+from dedup.rougel import Vocabulary, exceeds, f_from_lcs
+from dedup.tokenize import get_tokenizer
+
+INDEXES = ("exact", "lsh64", "lsh128", "brute")
+_BOUND_SLACK = 1e-9
+_FIRST_PASS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``score`` is the highest similarity found: exact whenever the candidate is rejected
+    or ``top_k`` > 0. ``match`` is the entry with that score (the earliest on ties) when
+    rejected. ``most_similar`` is the exact top-k (score > 0) for admitted candidates."""
+
+    admitted: bool
+    score: float
+    match: str | None
+    most_similar: tuple[tuple[str, float], ...] = ()
+    mean_similarity: float | None = None
+
+
+class Pool:
+    """Instructions admitted so far, with the indexes that make admission fast.
+
+    ``index``: "exact" (prefix filtering; never misses), "lsh64"/"lsh128" (datasketch
+    MinHash LSH with 64/128 permutations; may miss), "brute" (scores every entry).
+    ``top_k``: how many most-similar entries to report for admitted candidates (the
+    reference keeps 10); 0 skips that work. ``mean_similarity`` also reports the mean F
+    against the whole pool, which costs one vectorised LCS per entry sharing a token.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.7,
+        *,
+        inclusive: bool = False,
+        tokenizer: str = "rouge",
+        index: str = "exact",
+        top_k: int = 10,
+        mean_similarity: bool = False,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k!r}")
+        self.threshold = threshold
+        self.inclusive = inclusive
+        self.top_k = top_k
+        self.mean_similarity = mean_similarity
+        self._tokenize = get_tokenizer(tokenizer)
+        self._vocabulary = Vocabulary()
+        self._texts: list[str] = []
+        self._codes: list[str] = []
+        self._prefilter: CandidateIndex
+        if index == "exact":
+            self._prefilter = PrefixIndex(threshold, self._codes)
+        elif index == "lsh64":
+            self._prefilter = LshIndex(threshold, num_perm=64)
+        elif index == "lsh128":
+            self._prefilter = LshIndex(threshold, num_perm=128)
+        elif index == "brute":
+            self._prefilter = BruteIndex(self._codes)
+        else:
+            raise ValueError(f"unknown index {index!r}: expected one of {', '.join(INDEXES)}")
+        self._full = FullIndex() if (top_k or mean_similarity) else None
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @property
+    def texts(self) -> Sequence[str]:
+        return self._texts
+
+    def encode(self, text: str) -> str:
+        return self._vocabulary.encode(self._tokenize(text))
+
+    # ------------------------------------------------------------------ building
+    def add(self, text: str) -> int:
+        """Add unconditionally (seeds, and admitted instructions on resume)."""
+        return self.add_encoded(text, self.encode(text))
+
+    def add_encoded(self, text: str, code: str) -> int:
+        """Add an already-encoded text (for ``dedup.scan``, which encodes once)."""
+        entry = len(self._texts)
+        # Order matters: the prefix index reads the pool's lists when it rebuilds.
+        self._texts.append(text)
+        self._codes.append(code)
+        self._prefilter.add(entry, code)
+        if self._full is not None:
+            self._full.add(entry, code)
+        return entry
+
+    def preload(self, texts: Iterable[str]) -> int:
+        count = 0
+        for text in texts:
+            self.add(text)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, code: str, entry: int) -> float:
+        other = self._codes[entry]
+        return f_from_lcs(int(LCSseq.similarity(code, other)), len(code), len(other))
+
+    def matches(self, code: str) -> list[tuple[int, float]]:
+        """Every entry whose F against ``code`` exceeds the threshold, by entry order
+        (complete for the exact and brute indexes)."""
+        found = []
+        n = len(code)
+        for entry in sorted(self._prefilter.candidates(code)):
+            if not length_compatible(n, len(self._codes[entry]), self.threshold):
+                continue
+            score = self._score(code, entry)
+            if exceeds(score, self.threshold, self.inclusive):
+                found.append((entry, score))
+        return found
+
+    def check(self, text: str) -> Decision:
+        """The decision for ``text`` against the pool, without adding it."""
+        return self._decide(text, self.encode(text))
+
+    def admit(self, text: str) -> Decision:
+        code = self.encode(text)
+        decision = self._decide(code=code, text=text)
+        if decision.admitted:
+            self.add_encoded(text, code)
+        return decision
+
+    def admit_batch(self, texts: Iterable[str]) -> list[Decision]:
+        """In order: a later candidate is checked against earlier admitted ones."""
+        return [self.admit(text) for text in texts]
+
+    def _decide(self, text: str, code: str) -> Decision:
+        hits = self.matches(code)
+        if hits:
+            entry, score = max(hits, key=lambda hit: (hit[1], -hit[0]))
+            return Decision(False, score, self._texts[entry])
+        most_similar: tuple[tuple[str, float], ...] = ()
+        mean: float | None = None
+        if self._full is not None and code and self._texts:
+            bounds = self._full.upper_bounds(code)
+            if self.top_k:
+                most_similar = tuple(
+                    (self._texts[entry], score) for entry, score in self._top_k(code, bounds)
+                )
+            if self.mean_similarity:
+                mean = self._mean(code, bounds)
+        elif self.mean_similarity:
+            mean = 0.0
+        score = most_similar[0][1] if most_similar else 0.0
+        return Decision(True, score, None, most_similar, mean)
+
+    def _scores(self, code: str, entries: np.ndarray) -> np.ndarray:
+        others = [self._codes[i] for i in entries.tolist()]
+        lcs = process.cdist([code], others, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        n = len(code)
+        return np.array(
+            [f_from_lcs(int(x), n, len(o)) for x, o in zip(lcs.tolist(), others, strict=True)]
+        )
+
+    def _top_k(self, code: str, bounds: np.ndarray) -> list[tuple[int, float]]:
+        """Exact top-k: score the entries with the best bounds, then every entry whose
+        bound could still beat the k-th best score."""
+        k = self.top_k
+        positive = np.flatnonzero(bounds > 0)
+        if positive.size == 0:
+            return []
+        first = positive
+        if positive.size > _FIRST_PASS:
+            part = np.argpartition(-bounds[positive], _FIRST_PASS - 1)[:_FIRST_PASS]
+            first = positive[part]
+        scored = dict(zip(first.tolist(), self._scores(code, first).tolist(), strict=True))
+        if len(scored) >= k and positive.size > first.size:
+            kth = heapq.nlargest(k, scored.values())[-1]
+            rest = positive[bounds[positive] + _BOUND_SLACK >= kth]
+            rest = np.array([i for i in rest.tolist() if i not in scored], dtype=np.int64)
+            if rest.size:
+                scored.update(zip(rest.tolist(), self._scores(code, rest).tolist(), strict=True))
+        elif positive.size > first.size:  # fewer than k found so far: score them all
+            scored = dict(
+                zip(positive.tolist(), self._scores(code, positive).tolist(), strict=True)
+            )
+        best = heapq.nsmallest(k, scored.items(), key=lambda item: (-item[1], item[0]))
+        return [(entry, score) for entry, score in best if score > 0]
+
+    def _mean(self, code: str, bounds: np.ndarray) -> float:
+        positive = np.flatnonzero(bounds > 0)
+        total = float(self._scores(code, positive).sum()) if positive.size else 0.0
+        return total / len(self._texts)
