@@ -1,0 +1,231 @@
+"""Fine-tuning files from a run directory: one record a line, in one of four formats.
+
+The run's ``tasks.jsonl`` is read one line at a time and every record is written as soon as
+it is built, so a run of any size exports in constant memory. The output goes to a hidden
+temporary file next to the destination and is renamed over it at the end: a reader sees
+the previous export or the new one, never half of one, and a failed export leaves nothing.
+
+Every format writes one record per *instance* (a task with 3 instances gives 3 records),
+in the order of ``tasks.jsonl``; with ``include_seeds`` the seed tasks recorded in the run
+directory (``seeds.jsonl``) come first. Strings are written as they are stored (the
+pipeline already stripped them); non-ASCII text is written as UTF-8, not escaped.
+
+Formats (``input`` is the instance input, possibly empty):
+
+``alpaca``
+    ``{"instruction": instruction, "input": input, "output": output}``
+``sharegpt``
+    ``{"conversations": [{"from": "human", "value": U}, {"from": "gpt", "value": output}]}``
+``openai-chat``
+    ``{"messages": [{"role": "user", "content": U}, {"role": "assistant", "content": output}]}``
+``self-instruct``
+    the reference implementation's prompt/completion pairs, with its first template and no
+    random choice, so the file is reproducible::
+
+        prompt     = instruction + "\\nInput: " + input + "\\nOutput:"   (input non-empty)
+                     instruction + "\\nOutput:"                          (input empty)
+        completion = " " + output + "<|endoftext|>"
+
+    The leading space and the ``<|endoftext|>`` end marker are what the reference wrote
+    (and what prompt/completion fine-tuning expects: the prompt ends with a fixed separator,
+    the completion starts with a space and ends with a fixed stop sequence).
+
+where ``U`` = instruction + "\\n\\n" + input when input is non-empty, else the instruction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.errors import RunDirError
+from service.store import SEEDS, TASKS
+
+EXPORT_DIR = "export"
+END_OF_TEXT = "<|endoftext|>"
+
+Formatter = Callable[[str, str, str], dict[str, Any]]
+
+
+def _user_text(instruction: str, input_text: str) -> str:
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def format_alpaca(instruction: str, input_text: str, output: str) -> dict[str, Any]:
+    return {"instruction": instruction, "input": input_text, "output": output}
+
+
+def format_sharegpt(instruction: str, input_text: str, output: str) -> dict[str, Any]:
+    return {
+        "conversations": [
+            {"from": "human", "value": _user_text(instruction, input_text)},
+            {"from": "gpt", "value": output},
+        ]
+    }
+
+
+def format_openai_chat(instruction: str, input_text: str, output: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": _user_text(instruction, input_text)},
+            {"role": "assistant", "content": output},
+        ]
+    }
+
+
+def format_self_instruct(instruction: str, input_text: str, output: str) -> dict[str, Any]:
+    if input_text:
+        prompt = f"{instruction}\nInput: {input_text}\nOutput:"
+    else:
+        prompt = f"{instruction}\nOutput:"
+    return {"prompt": prompt, "completion": f" {output}{END_OF_TEXT}"}
+
+
+FORMATS: dict[str, Formatter] = {
+    "alpaca": format_alpaca,
+    "sharegpt": format_sharegpt,
+    "openai-chat": format_openai_chat,
+    "self-instruct": format_self_instruct,
+}
+DEFAULT_FORMAT = "alpaca"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote."""
+
+    path: Path
+    format: str
+    tasks: int  # tasks read from tasks.jsonl
+    seed_tasks: int  # seed tasks included (0 without include_seeds)
+    records: int  # lines written
+    skipped_tasks: int  # tasks (or seeds) without instances: nothing to write
+    torn_tail: bool  # tasks.jsonl ended in an incomplete line (a run still writing, or a crash)
+
+    def describe(self) -> str:
+        parts = [f"{self.records} {self.format} records from {self.tasks} tasks"]
+        if self.seed_tasks:
+            parts.append(f" and {self.seed_tasks} seed tasks")
+        parts.append(f" -> {self.path}")
+        if self.skipped_tasks:
+            parts.append(f" ({self.skipped_tasks} tasks without instances skipped)")
+        if self.torn_tail:
+            parts.append(f" (incomplete last line of {TASKS} ignored)")
+        return "".join(parts)
+
+
+def default_export_path(run_dir: Path, fmt: str) -> Path:
+    return run_dir / EXPORT_DIR / f"{fmt}.jsonl"
+
+
+class _TornTail:
+    """Set when a file's last line lacks its newline (it is then not parsed)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+def _iter_tasks(path: Path, torn: _TornTail) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line, object); a bad complete line is an error, a torn last line is skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            if not raw.endswith(b"\n"):
+                torn.seen = True
+                return
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise RunDirError(
+                    f"{path}:{lineno}: not valid JSON ({exc}); run `selfinstruct verify`"
+                ) from None
+            if not isinstance(obj, dict):
+                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, obj
+
+
+def _instances(path: Path, lineno: int, task: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    instruction = task.get("instruction")
+    if not isinstance(instruction, str):
+        raise RunDirError(f"{path}:{lineno}: field 'instruction' missing or not a string")
+    instances = task.get("instances", [])
+    if not isinstance(instances, list):
+        raise RunDirError(f"{path}:{lineno}: field 'instances' is not a list")
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise RunDirError(f"{path}:{lineno}: field 'instances[{i}]' is not an object")
+        input_text, output = inst.get("input", ""), inst.get("output")
+        if not isinstance(input_text, str) or not isinstance(output, str):
+            raise RunDirError(
+                f"{path}:{lineno}: field 'instances[{i}]' needs string 'input' and 'output'"
+            )
+        yield instruction, input_text, output
+
+
+def export_run(
+    run_dir: Path | str,
+    fmt: str = DEFAULT_FORMAT,
+    out: Path | str | None = None,
+    *,
+    include_seeds: bool = False,
+) -> ExportResult:
+    """Export ``run_dir``'s tasks in format ``fmt`` to ``out`` (default ``run_dir/export/<fmt>.jsonl``).
+
+    Reads without taking the run directory's lock, so a running ``generate`` can be exported
+    (its last, half-written line is ignored). Raises RunDirError for a missing directory or a
+    corrupt line (naming file:line), ValueError for an unknown format.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    formatter = FORMATS[fmt]
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise RunDirError(f"{root}: no such run directory")
+    tasks_path = root / TASKS
+    if not tasks_path.exists() and not (include_seeds and (root / SEEDS).exists()):
+        raise RunDirError(f"{root}: no {TASKS} (not a run directory, or no task finished yet)")
+    dest = Path(out) if out is not None else default_export_path(root, fmt)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    counts = {"tasks": 0, "seeds": 0, "records": 0, "skipped": 0}
+    torn = _TornTail()
+    seed_torn = _TornTail()
+    try:
+        with tmp.open("wb") as fh:
+            sources: list[tuple[str, Path, _TornTail]] = []
+            if include_seeds:
+                sources.append(("seeds", root / SEEDS, seed_torn))
+            sources.append(("tasks", tasks_path, torn))
+            for kind, path, tail in sources:
+                for lineno, task in _iter_tasks(path, tail):
+                    counts[kind] += 1
+                    wrote = 0
+                    for instruction, input_text, output in _instances(path, lineno, task):
+                        fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                        wrote += 1
+                    counts["records"] += wrote
+                    if wrote == 0:
+                        counts["skipped"] += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportResult(
+        path=dest,
+        format=fmt,
+        tasks=counts["tasks"],
+        seed_tasks=counts["seeds"],
+        records=counts["records"],
+        skipped_tasks=counts["skipped"],
+        torn_tail=torn.seen or seed_torn.seen,
+    )
