@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +35,7 @@ import numpy.typing as npt
 Element = str | tuple[str, int]
 _EPSILON = 1e-9
 _REBUILD_MIN = 256
+_NO_ENTRIES: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 
 
 def elements(code: str) -> list[tuple[str, int]]:
@@ -45,6 +46,17 @@ def elements(code: str) -> list[tuple[str, int]]:
         seen[char] += 1
         out.append((char, seen[char]))
     return out
+
+
+def sorted_unique(values: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    """np.unique for short arrays, without its hashing overhead."""
+    values.sort()
+    if values.size < 2:
+        return values
+    keep = np.empty(values.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
 
 
 def element_key(char: str, k: int) -> Element:
@@ -71,7 +83,9 @@ class CandidateIndex(Protocol):
 
     def add(self, entry: int, code: str) -> None: ...
 
-    def candidates(self, code: str) -> Iterable[int]: ...
+    def candidates(self, code: str) -> npt.NDArray[np.int32]:
+        """Sorted, unique entry numbers."""
+        ...
 
 
 class PrefixIndex:
@@ -81,7 +95,7 @@ class PrefixIndex:
         self.threshold = threshold
         self._codes = codes  # the pool's list of entries, read on rebuild
         self._rank: dict[str, int] = {}
-        self._postings: dict[Element, list[int]] = {}
+        self._postings: dict[Element, array[int]] = {}
         self._built_at = 0
 
     def _sorted_elements(self, code: str) -> list[tuple[str, int]]:
@@ -102,7 +116,7 @@ class PrefixIndex:
             key = element_key(char, k)
             bucket = postings.get(key)
             if bucket is None:
-                postings[key] = [entry]
+                postings[key] = array("i", [entry])
             else:
                 bucket.append(entry)
         if entry + 1 >= max(_REBUILD_MIN, 2 * self._built_at):
@@ -114,21 +128,29 @@ class PrefixIndex:
             frequency.update(set(code))
         ordered = sorted(frequency.items(), key=lambda item: (item[1], item[0]))
         self._rank = {char: i for i, (char, _) in enumerate(ordered)}
-        self._postings = {}
         self._built_at = count
-        postings = self._postings
+        postings: dict[Element, array[int]] = {}
         for entry, code in enumerate(self._codes[:count]):
             for char, k in self._prefix(code):
-                postings.setdefault(element_key(char, k), []).append(entry)
+                key = element_key(char, k)
+                bucket = postings.get(key)
+                if bucket is None:
+                    postings[key] = array("i", [entry])
+                else:
+                    bucket.append(entry)
+        self._postings = postings
 
-    def candidates(self, code: str) -> Iterable[int]:
-        found: set[int] = set()
+    def candidates(self, code: str) -> npt.NDArray[np.int32]:
         postings = self._postings
-        for char, k in self._prefix(code):
-            bucket = postings.get(element_key(char, k))
-            if bucket:
-                found.update(bucket)
-        return found
+        # Copies: a live buffer view would stop the array from growing later.
+        parts = [
+            np.frombuffer(bucket, dtype=np.int32).copy()
+            for char, k in self._prefix(code)
+            if (bucket := postings.get(element_key(char, k)))
+        ]
+        if not parts:
+            return _NO_ENTRIES
+        return sorted_unique(np.concatenate(parts))
 
 
 class BruteIndex:
@@ -140,8 +162,8 @@ class BruteIndex:
     def add(self, entry: int, code: str) -> None:
         return None
 
-    def candidates(self, code: str) -> Iterable[int]:
-        return range(len(self._codes))
+    def candidates(self, code: str) -> npt.NDArray[np.int32]:
+        return np.arange(len(self._codes), dtype=np.int32)
 
 
 class LshIndex:
@@ -168,10 +190,12 @@ class LshIndex:
         if code:
             self._lsh.insert(entry, self._signature(code), check_duplication=False)
 
-    def candidates(self, code: str) -> Iterable[int]:
+    def candidates(self, code: str) -> npt.NDArray[np.int32]:
         if not code:
-            return ()
-        return [int(key) for key in self._lsh.query(self._signature(code))]
+            return _NO_ENTRIES
+        found = np.array(self._lsh.query(self._signature(code)), dtype=np.int32)
+        found.sort()
+        return found
 
 
 class FullIndex:

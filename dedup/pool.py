@@ -10,10 +10,12 @@ to one worker thread and nothing else touches it.
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
@@ -23,9 +25,8 @@ from dedup.index import (
     FullIndex,
     LshIndex,
     PrefixIndex,
-    length_compatible,
 )
-from dedup.rougel import Vocabulary, exceeds, f_from_lcs
+from dedup.rougel import Vocabulary
 from dedup.tokenize import get_tokenizer
 
 INDEXES = ("exact", "lsh64", "lsh128", "brute")
@@ -78,6 +79,9 @@ class Pool:
         self._vocabulary = Vocabulary()
         self._texts: list[str] = []
         self._codes: list[str] = []
+        self._lengths = array("i")
+        # The same strings as an object array: fancy indexing feeds rapidfuzz quickly.
+        self._code_array: npt.NDArray[np.object_] = np.empty(0, dtype=object)
         self._prefilter: CandidateIndex
         if index == "exact":
             self._prefilter = PrefixIndex(threshold, self._codes)
@@ -112,6 +116,12 @@ class Pool:
         # Order matters: the prefix index reads the pool's lists when it rebuilds.
         self._texts.append(text)
         self._codes.append(code)
+        self._lengths.append(len(code))
+        if entry >= self._code_array.size:  # grow by doubling: amortised O(1)
+            grown = np.empty(max(1024, 2 * self._code_array.size), dtype=object)
+            grown[: self._code_array.size] = self._code_array
+            self._code_array = grown
+        self._code_array[entry] = code
         self._prefilter.add(entry, code)
         if self._full is not None:
             self._full.add(entry, code)
@@ -125,22 +135,43 @@ class Pool:
         return count
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, code: str, entry: int) -> float:
-        other = self._codes[entry]
-        return f_from_lcs(int(LCSseq.similarity(code, other)), len(code), len(other))
-
     def matches(self, code: str) -> list[tuple[int, float]]:
         """Every entry whose F against ``code`` exceeds the threshold, by entry order
         (complete for the exact and brute indexes)."""
-        found = []
         n = len(code)
-        for entry in sorted(self._prefilter.candidates(code)):
-            if not length_compatible(n, len(self._codes[entry]), self.threshold):
-                continue
-            score = self._score(code, entry)
-            if exceeds(score, self.threshold, self.inclusive):
-                found.append((entry, score))
-        return found
+        if n == 0 or not self._texts:
+            return []
+        entries = self._prefilter.candidates(code)
+        if entries.size == 0:
+            return []
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)[entries]
+        # The length bound (vectorised): 2*min/(sum) can reach the threshold.
+        fits = 2 * np.minimum(lengths, n) / (lengths + n) >= self.threshold - _BOUND_SLACK
+        entries = entries[fits]
+        if entries.size == 0:
+            return []
+        scores = self._f_measures(code, entries, lengths[fits])
+        if self.inclusive:
+            over = np.flatnonzero(scores >= self.threshold)
+        else:
+            over = np.flatnonzero(scores > self.threshold)
+        return [(int(entries[i]), float(scores[i])) for i in over.tolist()]
+
+    def _f_measures(
+        self, code: str, entries: npt.NDArray[np.int32], lengths: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.float64]:
+        """rouge-score's F for many entries at once. IEEE-754 division and multiplication
+        are correctly rounded in numpy as in Python, and the operations run in the same
+        order as ``rouge_score.scoring.fmeasure``, so every value is bit-identical."""
+        others = self._code_array[entries]
+        lcs = process.cdist([code], others, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        lcs = lcs.astype(np.float64)
+        precision = lcs / lengths
+        recall = lcs / len(code)
+        total = precision + recall
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores = 2 * precision * recall / total
+        return np.where(total > 0, scores, 0.0)
 
     def check(self, text: str) -> Decision:
         """The decision for ``text`` against the pool, without adding it."""
@@ -177,13 +208,9 @@ class Pool:
         score = most_similar[0][1] if most_similar else 0.0
         return Decision(True, score, None, most_similar, mean)
 
-    def _scores(self, code: str, entries: np.ndarray) -> np.ndarray:
-        others = [self._codes[i] for i in entries.tolist()]
-        lcs = process.cdist([code], others, scorer=LCSseq.similarity, dtype=np.int32)[0]
-        n = len(code)
-        return np.array(
-            [f_from_lcs(int(x), n, len(o)) for x, o in zip(lcs.tolist(), others, strict=True)]
-        )
+    def _scores(self, code: str, entries: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)[entries]
+        return self._f_measures(code, entries.astype(np.int32), lengths)
 
     def _top_k(self, code: str, bounds: np.ndarray) -> list[tuple[int, float]]:
         """Exact top-k: score the entries with the best bounds, then every entry whose
