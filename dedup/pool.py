@@ -9,7 +9,6 @@ to one worker thread and nothing else touches it.
 
 from __future__ import annotations
 
-import heapq
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -212,30 +211,37 @@ class Pool:
         lengths = np.frombuffer(self._lengths, dtype=np.int32)[entries]
         return self._f_measures(code, entries.astype(np.int32), lengths)
 
-    def _top_k(self, code: str, bounds: np.ndarray) -> list[tuple[int, float]]:
-        """Exact top-k: score the entries with the best bounds, then every entry whose
-        bound could still beat the k-th best score."""
+    def _top_k(self, code: str, bounds: npt.NDArray[np.float64]) -> list[tuple[int, float]]:
+        """Exact top-k: score the entries with the best bounds first, then, in rounds,
+        every entry whose bound could still reach the k-th best score found so far."""
         k = self.top_k
-        positive = np.flatnonzero(bounds > 0)
-        if positive.size == 0:
+        pending = np.flatnonzero(bounds > 0)
+        found_entries: list[npt.NDArray[np.int64]] = []
+        found_scores: list[npt.NDArray[np.float64]] = []
+        kth = 0.0
+        batch = _FIRST_PASS
+        while pending.size:
+            if pending.size > batch:
+                best = np.argpartition(-bounds[pending], batch - 1)
+                chosen, pending = pending[best[:batch]], pending[best[batch:]]
+            else:
+                chosen, pending = pending, pending[:0]
+            found_entries.append(chosen)
+            found_scores.append(self._scores(code, chosen))
+            scores = np.concatenate(found_scores)
+            if scores.size >= k:
+                kth = float(np.partition(scores, scores.size - k)[scores.size - k])
+                # Entries whose bound is below the k-th best can never enter the top k.
+                pending = pending[bounds[pending] + _BOUND_SLACK >= kth]
+            batch *= 4
+        if not found_entries:
             return []
-        first = positive
-        if positive.size > _FIRST_PASS:
-            part = np.argpartition(-bounds[positive], _FIRST_PASS - 1)[:_FIRST_PASS]
-            first = positive[part]
-        scored = dict(zip(first.tolist(), self._scores(code, first).tolist(), strict=True))
-        if len(scored) >= k and positive.size > first.size:
-            kth = heapq.nlargest(k, scored.values())[-1]
-            rest = positive[bounds[positive] + _BOUND_SLACK >= kth]
-            rest = np.array([i for i in rest.tolist() if i not in scored], dtype=np.int64)
-            if rest.size:
-                scored.update(zip(rest.tolist(), self._scores(code, rest).tolist(), strict=True))
-        elif positive.size > first.size:  # fewer than k found so far: score them all
-            scored = dict(
-                zip(positive.tolist(), self._scores(code, positive).tolist(), strict=True)
-            )
-        best = heapq.nsmallest(k, scored.items(), key=lambda item: (-item[1], item[0]))
-        return [(entry, score) for entry, score in best if score > 0]
+        entries = np.concatenate(found_entries)
+        scores = np.concatenate(found_scores)
+        order = np.lexsort((entries, -scores))[:k]  # best score first, earliest on ties
+        return [
+            (int(entries[i]), float(scores[i])) for i in order.tolist() if scores[i] > 0
+        ]
 
     def _mean(self, code: str, bounds: np.ndarray) -> float:
         positive = np.flatnonzero(bounds > 0)
