@@ -144,7 +144,15 @@ class Pipeline:
         self._pending_resume: list[PendingTask] = []
         self._in_progress = 0  # admitted, not yet written or rejected
         self._inflight_prompts = 0
-        self._admitted_per_prompt = 1.5  # running estimate, seeds the supply control
+        # Supply control estimates; the start guesses are deliberately high (a list
+        # continuation of 8 examples yields up to 8 new items) so the first wave of
+        # requests does not overshoot the target, then real counts take over.
+        self._admitted_per_prompt = 4.0
+        self._admit_ratio = 0.7  # admitted / candidates
+        self._prompts_answered = 0
+        self._candidates_total = 0
+        self._admitted_total = 0
+        self._queued_candidates = 0  # parsed, waiting for admission
         self._finished_tasks = 0
         self._stop = asyncio.Event()  # target reached, budget hit or fatal error
         self._drain = asyncio.Event()  # a signal: finish in-flight work, start nothing new
@@ -214,14 +222,21 @@ class Pipeline:
 
     def _success_rate(self) -> float:
         if self._finished_tasks < 5:
-            return 0.7
+            return 0.9
         return min(1.0, max(0.2, self.state.tasks_written / self._finished_tasks))
 
     def _need_more_instructions(self) -> bool:
         if self._stop.is_set() or self._drain.is_set() or self.remaining == 0:
             return False
+        if self._prompts_answered == 0 and self._inflight_prompts > 0 and not self._in_progress:
+            return False  # slow start: one request until the yield of a prompt is known
         rate = self._success_rate()
-        supply = (self._in_progress + self._inflight_prompts * self._admitted_per_prompt) * rate
+        expected = (
+            self._in_progress
+            + self._inflight_prompts * self._admitted_per_prompt
+            + self._queued_candidates * self._admit_ratio
+        )
+        supply = expected * rate
         return supply < self.remaining * 1.1 + 1
 
     # ------------------------------------------------------------------ stages
@@ -291,6 +306,7 @@ class Pipeline:
             for (_, prompt), choice in zip(prompts, choices, strict=True):
                 batch.extend(self._candidates_from(choice, prompt))
             # Bounded queue: blocks while admission is behind (back-pressure).
+            self._queued_candidates += len(batch)
             await self._candidates.put(batch)
 
     def _candidates_from(
@@ -323,6 +339,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._candidates.get()
+            self._queued_candidates -= len(batch)
             if not batch:
                 self._note_yield(0, 0)
                 continue
@@ -350,8 +367,13 @@ class Pipeline:
             self._note_yield(len(batch), admitted_now)
 
     def _note_yield(self, candidates: int, admitted: int) -> None:
-        per_prompt = admitted / max(1, self.config.prompts_per_request)
-        self._admitted_per_prompt = 0.8 * self._admitted_per_prompt + 0.2 * max(per_prompt, 0.2)
+        self._prompts_answered += max(1, self.config.prompts_per_request)
+        self._candidates_total += candidates
+        self._admitted_total += admitted
+        if self._candidates_total:
+            self._admit_ratio = self._admitted_total / self._candidates_total
+        # Cumulative, floored: a run of bad answers must not stall generation for good.
+        self._admitted_per_prompt = max(0.2, self._admitted_total / self._prompts_answered)
         self._supply_changed.set()
 
     def _new_task_id(self) -> str:

@@ -1,0 +1,28 @@
+"""`selfinstruct generate`: run the Self-Instruct pipeline into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from service.commands._options import add_generate_options, config_from_args
+from service.run import print_summary, run_generate, show_tasks
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_generate_options(parser)
+    parser.add_argument("--show", type=int, default=2, metavar="N", help="finished tasks to print at the end (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config, _ = config_from_args(args)
+    from service.llm_backend import install_uvloop
+
+    install_uvloop()
+    result = asyncio.run(run_generate(config))
+    print_summary(result, examples=show_tasks(result.out, args.show) if args.show > 0 else ())
+    if result.summary.status == "interrupted":
+        return 130
+    if result.summary.status == "budget":
+        print("stopped: budget reached; re-run with a larger budget to continue", flush=True)
+    return 0

@@ -1,0 +1,188 @@
+"""One `generate` run end to end: run directory, seeds, dedup pool, endpoint, signals.
+
+This is the glue the CLI and the long-lived worker share; the pipeline itself knows
+nothing about files on disk, signals or which server it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from service.backend import Backend
+from service.config import Config
+from service.dedup_bridge import make_admit
+from service.errors import SelfInstructError
+from service.pipeline import Pipeline, RunSummary, seeds_for_run
+from service.progress import Progress, status_line
+from service.seeds import SeedTask, default_seed_path, load_seed_tasks
+from service.store import TASKS, RunDir
+
+
+@dataclass(frozen=True)
+class RunResult:
+    summary: RunSummary
+    out: Path
+    repairs: tuple[str, ...]
+
+
+@contextlib.asynccontextmanager
+async def endpoint_for(config: Config) -> AsyncIterator[Config]:
+    """Yield the config pointed at a live endpoint: the configured one, or the embedded
+    local model started for the duration of the run (and stopped on any exit)."""
+    if config.base_url is not None:
+        yield config
+        return
+    from service.local import LocalModelServer, LocalModelSettings
+
+    settings = LocalModelSettings(
+        model_path=config.local_model,
+        n_ctx=config.local_n_ctx,
+        n_parallel=config.local_n_parallel,
+        threads=config.local_threads,
+    )
+    async with LocalModelServer(settings) as server:
+        yield replace(
+            config,
+            base_url=server.base_url,
+            model=config.model or server.model,
+            api="chat" if config.api == "completions" and _local_prefers_chat(config) else config.api,
+            max_in_flight=min(config.max_in_flight, max(1, config.local_n_parallel * 2)),
+        )
+
+
+def _local_prefers_chat(config: Config) -> bool:
+    """The bundled SmolLM2 is an instruct model; completions suit it when the prompt
+    is a continuation (our prompts are), so keep completions unless told otherwise."""
+    return False
+
+
+def load_seeds(config: Config) -> list[SeedTask]:
+    return load_seed_tasks(config.seed_tasks or default_seed_path())
+
+
+async def run_generate(
+    config: Config,
+    *,
+    backend_factory: Callable[[Config], contextlib.AbstractAsyncContextManager[Backend]] | None = None,
+    progress: Progress | None = None,
+    install_signal_handlers: bool = True,
+    on_pipeline: Callable[[Pipeline], None] | None = None,
+) -> RunResult:
+    """Run (or resume) a generation into ``config.out``."""
+    progress = progress or Progress(quiet=config.quiet)
+    seeds = load_seeds(config)
+    with RunDir.open(config.out, fsync=config.fsync) as run_dir:
+        for repair in run_dir.repairs:
+            progress.message(f"repaired {repair.describe()}")
+        seeds = seeds_for_run(run_dir, seeds)
+        if backend_factory is None:
+            from service.llm_backend import open_backend
+
+            backend_factory = open_backend
+        async with endpoint_for(config) as live_config, backend_factory(live_config) as backend:
+            pipeline_holder: list[Pipeline] = []
+            existing = _existing_texts(run_dir)
+            admit = make_admit(live_config, [s.instruction for s in seeds], existing)
+            pipeline = Pipeline(live_config, backend, run_dir, seeds, admit)
+            pipeline.load_existing()
+            pipeline_holder.append(pipeline)
+            if on_pipeline is not None:
+                on_pipeline(pipeline)
+            start_written = pipeline.state.tasks_written
+            if start_written and not config.quiet:
+                progress.message(
+                    f"resuming {config.out}: {start_written} tasks written, "
+                    f"{pipeline.state.resumed_pending} admitted instructions pending"
+                )
+            pipeline.on_progress = lambda p: progress.update(_line(p, start_written))
+            loop = asyncio.get_running_loop()
+            installed: list[int] = []
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.add_signal_handler(sig, _on_signal, pipeline, progress)
+                        installed.append(sig)
+            try:
+                summary = await pipeline.run()
+            finally:
+                for installed_sig in installed:
+                    loop.remove_signal_handler(installed_sig)
+                progress.update(_line(pipeline, start_written), force=True)
+                progress.finish()
+            if pipeline.fatal is not None:
+                raise _as_error(pipeline.fatal)
+    return RunResult(summary, Path(config.out), tuple(r.describe() for r in run_dir.repairs))
+
+
+def _existing_texts(run_dir: RunDir) -> list[str]:
+    from service.store import INSTRUCTIONS
+
+    return [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]
+
+
+def _line(pipeline: Pipeline, start_written: int) -> str:
+    return status_line(
+        written=pipeline.state.tasks_written,
+        target=pipeline.config.target,
+        admitted=pipeline.state.instructions_admitted,
+        elapsed_s=time.monotonic() - pipeline.started,
+        written_this_run=pipeline.state.tasks_written - start_written,
+        usage=pipeline.backend.snapshot(),
+    )
+
+
+def _on_signal(pipeline: Pipeline, progress: Progress) -> None:
+    if pipeline.status == "interrupted":
+        # A second Ctrl-C: stop now; everything written so far stays written.
+        pipeline._request_stop("interrupted")
+        return
+    progress.message("stopping: finishing in-flight work (Ctrl-C again to stop now)")
+    pipeline.request_drain()
+
+
+def _as_error(exc: BaseException) -> SelfInstructError:
+    if isinstance(exc, SelfInstructError):
+        return exc
+    return SelfInstructError(str(exc))
+
+
+def show_tasks(out: Path, count: int = 2) -> list[dict[str, Any]]:
+    """The first finished tasks, for the end-of-run summary."""
+    from service.store import read_jsonl
+
+    shown: list[dict[str, Any]] = []
+    for _, record in read_jsonl(out / TASKS):
+        shown.append(record)
+        if len(shown) >= count:
+            break
+    return shown
+
+
+def print_summary(result: RunResult, stream: Any = None, examples: Sequence[dict[str, Any]] = ()) -> None:
+    stream = stream or sys.stdout
+    s = result.summary.state
+    print(
+        f"{result.summary.status}: {s['tasks_written']} tasks in {result.out} "
+        f"({s['instructions_admitted']} instructions admitted, {s['rejected']} rejections) "
+        f"in {result.summary.elapsed_s:.1f}s",
+        file=stream,
+    )
+    for task in examples:
+        print(f"\n[{task['id']}] {task['instruction']}", file=stream)
+        for inst in task.get("instances", [])[:2]:
+            if inst.get("input"):
+                print(f"  input:  {_short(inst['input'])}", file=stream)
+            print(f"  output: {_short(inst['output'])}", file=stream)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
