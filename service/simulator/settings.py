@@ -1,0 +1,51 @@
+"""Settings of the simulated endpoint (frozen; validated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_HANG_S = 30.0  # a hang outlasts any sane client timeout but never holds a handler forever
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (see SimulatedServer.base_url)
+    rpm: float | None = None
+    tpm: float | None = None
+    burst_seconds: float = 2.0  # bucket capacity in seconds of rate (hosted APIs allow bursts)
+    latency_ms: float = 200.0
+    jitter: float = 0.5  # latency * uniform(1 - jitter, 1 + jitter): avoids synchronised waves
+    error_rate: float = 0.0  # 500 / 503
+    reset_rate: float = 0.0  # connection closed abruptly (RST)
+    garbage_rate: float = 0.0  # 200 with a body that is not JSON
+    hang_rate: float = 0.0  # no answer for hang_seconds
+    truncate_rate: float = 0.0  # finish_reason "length" with the text cut
+    duplicate_rate: float = 0.0  # near-duplicate list items
+    bad_item_rate: float = 0.0  # list items the filters must drop
+    hang_seconds: float = MAX_HANG_S
+    context_tokens: int = 16384  # prompt + max_tokens above this -> 400 context_length_exceeded
+    model: str = "sim-model"
+    api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rates = ("error_rate", "reset_rate", "garbage_rate", "hang_rate", "truncate_rate",
+                 "duplicate_rate", "bad_item_rate", "jitter")
+        for name in rates:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within 0..1 (got {value!r})")
+        faults = self.error_rate + self.reset_rate + self.garbage_rate + self.hang_rate + self.truncate_rate
+        if faults > 1.0:
+            raise ValueError(f"fault rates add up to {faults:.3f} > 1")
+        if self.duplicate_rate + self.bad_item_rate > 1.0:
+            raise ValueError("duplicate_rate + bad_item_rate must be <= 1")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (got {value!r})")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0 (got {self.latency_ms!r})")
+        if not 0 < self.hang_seconds <= MAX_HANG_S:
+            raise ValueError(f"hang_seconds must be within (0, {MAX_HANG_S}] (got {self.hang_seconds!r})")
