@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +65,7 @@ class Admission:
     score: float
     match: str | None
     most_similar: dict[str, float]
+    task_id: str | None = None  # set by a coordinator that numbers tasks globally
 
 
 AdmitFn = Callable[[Sequence[str]], list[Admission]]
@@ -76,6 +77,30 @@ class PendingTask:
     instruction: str
     most_similar: dict[str, float]
     attempts: int = 0
+    ref: str | None = None  # the coordinator's handle (e.g. a Redis stream entry id)
+
+
+class Coordinator(Protocol):
+    """Several processes on one run (see service.distributed). Admission goes through
+    the ``admit`` function the coordinator built; admitted work is handed out by
+    :meth:`work` (to any process), and a task is committed once, globally."""
+
+    async def written(self) -> int:
+        """Tasks written by all processes together."""
+        ...
+
+    def work(self) -> AsyncIterator[PendingTask]:
+        """Admitted instructions to finish (including ones reclaimed from dead workers)."""
+        ...
+
+    async def commit_task(self, task: PendingTask, record: dict[str, Any], target: int) -> bool:
+        """Record the finished task unless it was already committed or the target is
+        reached; True when this process should write it."""
+        ...
+
+    async def settle(self, task: PendingTask, outcome: str) -> None:
+        """The task is finished here ("written", "dropped", "duplicate"): stop leasing it."""
+        ...
 
 
 @dataclass
@@ -121,7 +146,10 @@ class Pipeline:
         templates: Templates | None = None,
         on_progress: Callable[[Pipeline], None] | None = None,
         drain_timeout_s: float = 30.0,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        self.coordinator = coordinator
+        self._global_written: int | None = None
         self.config = config
         self.backend = backend
         self.run_dir = run_dir
@@ -153,6 +181,7 @@ class Pipeline:
         self._candidates_total = 0
         self._admitted_total = 0
         self._queued_candidates = 0  # parsed, waiting for admission
+        self._coordinated_admitted = 0  # admitted here, not yet taken from the coordinator
         self._finished_tasks = 0
         self._stop = asyncio.Event()  # target reached, budget hit or fatal error
         self._drain = asyncio.Event()  # a signal: finish in-flight work, start nothing new
@@ -214,7 +243,10 @@ class Pipeline:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.config.target - self.state.tasks_written)
+        written = self.state.tasks_written
+        if self._global_written is not None:
+            written = max(written, self._global_written)
+        return max(0, self.config.target - written)
 
     @property
     def in_flight(self) -> int:
@@ -233,6 +265,7 @@ class Pipeline:
         rate = self._success_rate()
         expected = (
             self._in_progress
+            + self._coordinated_admitted
             + self._inflight_prompts * self._admitted_per_prompt
             + self._queued_candidates * self._admit_ratio
         )
@@ -355,13 +388,17 @@ class Pipeline:
                     )
                     continue
                 admitted_now += 1
-                task = PendingTask(self._new_task_id(), text, decision.most_similar)
+                task = PendingTask(decision.task_id or self._new_task_id(), text,
+                                   decision.most_similar)
                 self.run_dir.append(INSTRUCTIONS, {
                     "id": task.id, "instruction": text, "most_similar": decision.most_similar,
                     "max_score": decision.score, "source": source,
                 })
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
+                if self.coordinator is not None:
+                    self._coordinated_admitted += 1  # handed out by the coordinator
+                    continue
                 self._in_progress += 1
                 await self._admitted.put(task)
             self._note_yield(len(batch), admitted_now)
@@ -418,6 +455,7 @@ class Pipeline:
         if truncated:
             self.state.truncated_responses += 1
             self._reject("instances", TRUNCATED, task.instruction, task_level=True, id=task.id)
+            await self._settle(task, "dropped")
             return True
         verdict = filter_instances(instances, self.config.filters)
         for inst, reason in verdict.dropped:
@@ -427,10 +465,11 @@ class Pipeline:
             )
         if verdict.task_rejection is not None:
             self._reject("instances", verdict.task_rejection, task.instruction, task_level=True, id=task.id)
+            await self._settle(task, "dropped")
             return True
-        if self.state.tasks_written >= self.config.target:
+        if self.remaining == 0:
             return False  # target reached meanwhile: leave it pending, do not overshoot
-        self.run_dir.append(TASKS, {
+        record = {
             "id": task.id,
             "instruction": task.instruction,
             "is_classification": is_cls,
@@ -440,11 +479,25 @@ class Pipeline:
                 "model": self.backend.stage_model("instructions"),
                 "stage_models": {s: self.backend.stage_model(s) for s in ("classify", "instances")},
             },
-        })
+        }
+        # Committed once, globally, before the local copy: a duplicate (a task reclaimed
+        # from a worker that was only slow) or a full target writes nothing.
+        if self.coordinator is not None and not await self.coordinator.commit_task(
+            task, record, self.config.target
+        ):
+            await self.coordinator.settle(task, "duplicate")
+            return True
+        self.run_dir.append(TASKS, record)
+        if self.coordinator is not None:
+            await self.coordinator.settle(task, "written")
         self.state.tasks_written += 1
         if self.state.tasks_written >= self.config.target:
             self._request_stop("finished")
         return True
+
+    async def _settle(self, task: PendingTask, outcome: str) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.settle(task, outcome)
 
     async def _classify(self, instruction: str) -> bool:
         prompt = classify_stage.build_classify_prompt(
@@ -512,6 +565,8 @@ class Pipeline:
     async def run(self) -> RunSummary:
         """Run to the target (or a drain/stop), keeping run.json current; never raises
         for per-request failures. A fatal endpoint error ends the run as "failed"."""
+        if self.coordinator is not None:
+            self._global_written = await self.coordinator.written()
         if self.remaining == 0:
             self.status = "finished"
             self.write_run_json()
@@ -522,6 +577,9 @@ class Pipeline:
             # The resumed backlog may exceed the bounded queue: feed it from a task.
             feeder = asyncio.create_task(self._feed_pending(), name="resume-feeder")
             workers.append(feeder)
+            if self.coordinator is not None:
+                workers.append(asyncio.create_task(self._feed_coordinated(), name="work-feeder"))
+                workers.append(asyncio.create_task(self._watch_global(), name="global-count"))
             workers.append(asyncio.create_task(self._admission_consumer(), name="admission"))
             workers += [
                 asyncio.create_task(self._task_worker(), name=f"task-{i}")
@@ -548,6 +606,23 @@ class Pipeline:
             self.status = "finished" if self.remaining == 0 else "interrupted"
             self.write_run_json()
         return RunSummary(self.status, self.state.as_dict(), time.monotonic() - self.started)
+
+    async def _feed_coordinated(self) -> None:
+        assert self.coordinator is not None
+        async for task in self.coordinator.work():
+            self._coordinated_admitted = max(0, self._coordinated_admitted - 1)
+            self._in_progress += 1
+            await self._admitted.put(task)  # bounded: the lease is taken only when there is room
+
+    async def _watch_global(self) -> None:
+        assert self.coordinator is not None
+        while True:
+            self._global_written = await self.coordinator.written()
+            if self.remaining == 0:
+                self._request_stop("finished")
+                return
+            self._supply_changed.set()
+            await asyncio.sleep(0.2)
 
     async def _feed_pending(self) -> None:
         for task in self._pending_resume:
