@@ -281,8 +281,11 @@ class LLMClient:
                     data, ttft = orjson.loads(await resp.read()), None
                 latency = time.perf_counter() - t0
                 result = _parse(data, body, n_prompts, n, chat, latency, ttft)
+        except BadResponse as exc:  # from the stream reader or the shape checks
+            self.accounting.record_attempt(BadResponse.kind)
+            raise BadResponse(self._clean(str(exc))) from None
         except LLMError:
-            raise
+            raise  # status errors: recorded above, messages already cleaned
         except TimeoutError:
             self.accounting.record_attempt(RequestTimeout.kind)
             raise RequestTimeout(f"no complete response from {url} within {timeout:.1f}s") from None

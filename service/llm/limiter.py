@@ -5,7 +5,9 @@ Design
 ------
 * Two token buckets (requests, tokens) refilled continuously at ``rate * factor`` with a
   small capacity (``burst_seconds`` of rate, default 1 s): no burst of the whole minute's
-  quota at start, unlike ``Throttler(N, 60)`` / ``AsyncLimiter(N, 60)``.
+  quota at start, unlike ``Throttler(N, 60)`` / ``AsyncLimiter(N, 60)``. The request
+  bucket starts with a single request, so requests are paced from the very start; a
+  burst (up to the capacity) only builds up after idle time.
 * A request is weighed by its estimated tokens (prompt + max_tokens * n, as hosted APIs
   count) and corrected from ``usage`` afterwards (:meth:`Permit.settle`).
 * Waiters queue FIFO; exactly one timer is armed, for the head of the queue, at the moment
@@ -73,10 +75,11 @@ class _Bucket:
 
     __slots__ = ("capacity", "level", "rate")
 
-    def __init__(self, per_minute: float, burst_seconds: float, floor: float) -> None:
+    def __init__(self, per_minute: float, burst_seconds: float, floor: float,
+                 initial: float | None = None) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(floor, self.rate * burst_seconds)
-        self.level = self.capacity
+        self.level = self.capacity if initial is None else min(self.capacity, initial)
 
     def refill(self, dt: float, factor: float) -> None:
         self.level = min(self.capacity, self.level + self.rate * factor * dt)
@@ -96,8 +99,13 @@ class RateLimiter:
     ) -> None:
         self.settings = settings
         self._clock = clock
+        # The request bucket starts with one request, not a full burst: the first call goes
+        # at once and the next ones are paced from the start (a full bucket would send
+        # burst_seconds of requests in the first instant).
         self._requests = (
-            _Bucket(settings.rpm, settings.burst_seconds, MIN_BURST_REQUESTS) if settings.rpm else None
+            _Bucket(settings.rpm, settings.burst_seconds, MIN_BURST_REQUESTS,
+                    initial=MIN_BURST_REQUESTS)
+            if settings.rpm else None
         )
         self._tokens = _Bucket(settings.tpm, settings.burst_seconds, 1.0) if settings.tpm else None
         self._slots = asyncio.Semaphore(settings.max_in_flight)

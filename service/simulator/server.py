@@ -505,22 +505,25 @@ class SimulatedServer:
                 return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
 
+        # One event per choice (as OpenAI streams n > 1), the events of a round in one write.
         if parsed.chat:
-            await resp.write(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                     "logprobs": None, "finish_reason": None}
-                                    for i in range(len(choices))]))
+            await resp.write(b"".join(
+                chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None, "finish_reason": None}])
+                for i in range(len(choices))))
         split = [_split_pieces(text) for text, _ in choices]
         rounds = max((len(p) for p in split), default=0)
         gap = latency * (1 - STREAM_TTFT_SHARE) / max(1, rounds)
         for r in range(rounds):
-            items = [piece(i, parts[r], None) for i, parts in enumerate(split) if r < len(parts)]
-            await resp.write(chunk(items))
+            await resp.write(b"".join(chunk([piece(i, parts[r], None)])
+                                      for i, parts in enumerate(split) if r < len(parts)))
             if r + 1 < rounds:
                 await self._sleep(gap)
-        await resp.write(chunk([piece(i, None, finish) for i, (_, finish) in enumerate(choices)]))
+        tail = [chunk([piece(i, None, finish)]) for i, (_, finish) in enumerate(choices)]
         if parsed.include_usage:
-            await resp.write(chunk([], {"usage": usage}))
-        await resp.write(b"data: [DONE]\n\n")
+            tail.append(chunk([], {"usage": usage}))
+        tail.append(b"data: [DONE]\n\n")
+        await resp.write(b"".join(tail))
         await resp.write_eof()
         return resp
 
