@@ -1,0 +1,118 @@
+"""`selfinstruct bench`: load-test an OpenAI-compatible endpoint through the client and
+limiter `generate` uses; live progress on stderr, the report on stdout (``--json``: one
+JSON object). The API key comes from OPENAI_API_KEY and is never printed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+
+import orjson
+
+from service.bench import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    BenchSettings,
+    run_bench,
+)
+from service.errors import ConfigError
+from service.llm import Secret, install_uvloop
+from service.progress import Progress
+
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+
+
+def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pos_int, pos_float = _positive(int), _positive(float)
+    parser.add_argument("--base-url", metavar="URL",
+                        help=f"endpoint ending in /v1 (default ${BASE_URL_ENV}; none: the "
+                             "embedded local model)")
+    parser.add_argument("--model", metavar="NAME", help="model name sent to the endpoint")
+    parser.add_argument("--api", choices=["chat", "completions"], default="completions",
+                        help="which API to call (default completions)")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--duration", type=pos_float, metavar="SECONDS",
+                        help="send for this long (default 10 s)")
+    amount.add_argument("--requests", type=pos_int, metavar="N", help="send N calls, then stop")
+    parser.add_argument("--concurrency", type=pos_int, default=DEFAULT_CONCURRENCY, metavar="N",
+                        help=f"calls in flight at most (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--rpm", type=pos_float, metavar="N", help="requests per minute to stay under")
+    parser.add_argument("--tpm", type=pos_float, metavar="N", help="tokens per minute to stay under")
+    parser.add_argument("--max-tokens", type=pos_int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                        help=f"max_tokens of each request (default {DEFAULT_MAX_TOKENS})")
+    parser.add_argument("--prompt-tokens", type=pos_int, default=DEFAULT_PROMPT_TOKENS,
+                        metavar="N",
+                        help=f"approximate prompt length (default {DEFAULT_PROMPT_TOKENS})")
+    parser.add_argument("--prompts-per-request", type=pos_int, default=1, metavar="N",
+                        help="completions API: send N prompts in one request (default 1)")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream responses (measures time to first token)")
+    parser.add_argument("--max-attempts", type=pos_int, default=DEFAULT_MAX_ATTEMPTS,
+                        metavar="N",
+                        help=f"tries per call, as generate (default {DEFAULT_MAX_ATTEMPTS}; "
+                             "1: no retries)")
+    parser.add_argument("--request-timeout", type=pos_float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help=f"per-request timeout (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+    parser.add_argument("--seed", type=int, default=0, metavar="INT", help="request seed")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    key = os.environ.get(API_KEY_ENV) or None
+    base_url = args.base_url or os.environ.get(BASE_URL_ENV) or None
+    return BenchSettings(
+        base_url=base_url,
+        api_key=Secret(key) if key else None,
+        model=args.model,
+        api=args.api,
+        duration_s=args.duration,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_tokens=args.max_tokens,
+        prompt_tokens=args.prompt_tokens,
+        prompts_per_request=args.prompts_per_request,
+        stream=args.stream,
+        max_attempts=args.max_attempts,
+        request_timeout_s=args.request_timeout,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if settings.api == "chat" and settings.prompts_per_request != 1:
+        raise ConfigError("--prompts-per-request needs --api completions")
+    install_uvloop()
+    progress = Progress(quiet=args.quiet)
+    report = asyncio.run(run_bench(settings, progress=progress))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
+    else:
+        sys.stdout.write(report.format_text() + "\n")
+    sys.stdout.flush()
+    return 0 if report.ok > 0 else 1
