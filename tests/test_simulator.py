@@ -409,6 +409,8 @@ async def test_deterministic_by_seed(make_sim: Factory, http: aiohttp.ClientSess
     a, b, c = await make_sim(seed=7), await make_sim(seed=7), await make_sim(seed=8)
     assert await _sample(http, a) == await _sample(http, b)
     assert await _sample(http, a) != await _sample(http, c)
+    b.update(seed=8)
+    assert await _sample(http, b) == await _sample(http, c)
     # faults and latency draws follow the seed too
     f1, f2 = await make_sim(seed=5, error_rate=0.5), await make_sim(seed=5, error_rate=0.5)
     s1 = [(await post(http, f1.base_url + "/completions", {"prompt": "x"}))[0] for _ in range(12)]

@@ -95,7 +95,7 @@ def raise_fd_limit() -> int:
         return -1
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)  # a few kB a prompt: ~15 MB at most
 def _cached_answer(prompt: str, seed: str, choice: int, duplicate_rate: float,
                    bad_item_rate: float) -> str:
     settings = AnswerSettings(duplicate_rate=duplicate_rate, bad_item_rate=bad_item_rate)
@@ -208,12 +208,16 @@ class SimulatedServer:
         return self.url + "/v1"
 
     def update(self, **changes: Any) -> SimSettings:
-        """Change settings while running (fault rates, latency, limits...); host/port and
-        seed changes take effect on the next start only."""
+        """Change settings while running (fault rates, latency, limits, seed...; validated
+        like the constructor). A new rpm/tpm starts fresh buckets, a new seed restarts the
+        fault and latency sequences; host/port changes take effect on the next start."""
         new = dataclasses.replace(self.settings, **changes)
-        if (new.rpm, new.tpm, new.burst_seconds) != (self.settings.rpm, self.settings.tpm,
-                                                     self.settings.burst_seconds):
+        old = self.settings
+        if (new.rpm, new.tpm, new.burst_seconds) != (old.rpm, old.tpm, old.burst_seconds):
             self._limiter = self._make_limiter(new)
+        if new.seed != old.seed:
+            self._fault_rng = random.Random(f"faults:{new.seed}")
+            self._latency_rng = random.Random(f"latency:{new.seed}")
         self.settings = new
         return new
 
