@@ -1,0 +1,539 @@
+"""Generation jobs of the long-lived worker: validation, persistence, scheduling, drain.
+
+Layout of the state directory::
+
+    STATE/.lock                    flock held by the one worker using this directory
+    STATE/jobs/<job_id>/job.json   the job's spec (request body minus api_key), its
+                                   redacted config, status, timestamps, last counters
+    STATE/jobs/<job_id>/run/       the job's run directory (run_generate resumes it)
+
+A job's status moves ``queued -> running -> finished | budget | failed | cancelled |
+interrupted``. ``interrupted`` (the worker stopped) and ``queued``/``running`` (the worker
+died) are resumed when a worker starts on the same state directory.
+
+Secrets: an ``api_key`` in the request body is kept in memory only. job.json holds the
+body without it and the config redacted, so a restarted worker uses the key from its
+own environment (``OPENAI_API_KEY``) for resumed jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service import __version__
+from service.backend import Backend
+from service.config import Config, Secret, load_config
+from service.errors import ConfigError, SelfInstructError
+from service.logs import log_event
+from service.metrics import Baseline, JobsView, ServeMetrics, Totals, pipeline_totals
+from service.pipeline import Pipeline
+from service.progress import Progress
+from service.run import run_generate
+from service.store import write_json_atomic
+
+JOB_JSON = "job.json"
+RUN_SUBDIR = "run"
+JOB_ID_PATTERN = re.compile(r"^job-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{10}$")
+
+QUEUED, RUNNING = "queued", "running"
+FINISHED, BUDGET, FAILED, CANCELLED, INTERRUPTED = (
+    "finished", "budget", "failed", "cancelled", "interrupted",
+)
+TERMINAL = frozenset({FINISHED, BUDGET, FAILED, CANCELLED})
+RESUMABLE = frozenset({QUEUED, RUNNING, INTERRUPTED})
+
+# Config keys a client may not set: the server owns paths on its own disk and the
+# display mode; nested tables (filters, stages) come from the server's defaults.
+_SERVER_OWNED = {
+    "out": "the server chooses each job's run directory",
+    "seed_tasks": "a path on the server's disk; the project's seed tasks are used",
+    "local_model": "a path on the server's disk",
+    "quiet": "jobs never draw progress",
+    "filters": "nested tables are not accepted over HTTP",
+    "stages": "nested tables are not accepted over HTTP",
+}
+ALLOWED_KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - set(_SERVER_OWNED)
+
+BackendFactory = Callable[[Config], contextlib.AbstractAsyncContextManager[Backend]]
+
+
+class Draining(SelfInstructError):
+    """The worker is stopping and accepts no new jobs."""
+
+
+class StateDirLocked(SelfInstructError):
+    """Another worker holds the state directory."""
+
+    exit_code = 2
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(JOB_ID_PATTERN.fullmatch(job_id))
+
+
+def new_job_id() -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"job-{stamp}-{secrets.token_hex(5)}"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+def build_job_config(spec: Mapping[str, Any], *, run_dir: Path, env: Mapping[str, str],
+                     api_key: str | None = None) -> Config:
+    """Validate a job's options through :func:`load_config` (errors name the key).
+
+    ``spec`` must not hold ``api_key`` (pass it separately); ``env`` supplies the layer
+    below (the worker's own environment: OPENAI_API_KEY, OPENAI_BASE_URL, SELFINSTRUCT_*).
+    """
+    for key in spec:
+        if key in _SERVER_OWNED:
+            raise ConfigError(f"config key '{key}' (from request body): not accepted "
+                              f"({_SERVER_OWNED[key]})")
+        if key not in ALLOWED_KEYS or key == "api_key":
+            raise ConfigError(f"config key '{key}' (from request body): unknown key")
+    flags: dict[str, Any] = dict(spec)
+    flags["out"] = run_dir
+    flags["quiet"] = True
+    try:
+        config, _ = load_config(flags, env=env)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("(from flags)", "(from request body)")) from None
+    if api_key is not None:
+        config = dataclasses.replace(config, api_key=Secret(api_key))
+    return config
+
+
+def split_body(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The request body without ``api_key``, and the key (validated, never echoed)."""
+    spec = {k: v for k, v in body.items() if k != "api_key"}
+    key = body.get("api_key")
+    if key is None:
+        return spec, None
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError("config key 'api_key' (from request body): expected a non-empty "
+                          "string, got ***")
+    return spec, key
+
+
+@dataclass
+class Job:
+    id: str
+    spec: dict[str, Any]
+    created_at: float
+    config: Config | None
+    status: str = QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    api_key_source: str | None = None  # "request" | "environment" | None
+    cancel_requested: bool = False
+    starts: int = 0
+    counters: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
+    baseline: Baseline | None = None
+    task: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def redacted_config(self) -> dict[str, Any] | None:
+        return self.config.redacted() if self.config is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """What job.json holds: nothing secret."""
+        return {
+            "version": __version__,
+            "id": self.id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "starts": self.starts,
+            "api_key_source": self.api_key_source,
+            "spec": self.spec,
+            "config": self.redacted_config(),
+            "counters": self.counters,
+            "usage": self.usage,
+        }
+
+
+class JobService:
+    """Owns every job of one state directory; see the module docstring."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_jobs: int = 1,
+        drain_timeout_s: float = 30.0,
+        env: Mapping[str, str] | None = None,
+        metrics: ServeMetrics | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        if max_jobs < 1:
+            raise ConfigError(f"max_jobs must be >= 1 (got {max_jobs})")
+        self.state_dir = Path(state_dir)
+        self.jobs_dir = self.state_dir / "jobs"
+        self.max_jobs = max_jobs
+        self.drain_timeout_s = drain_timeout_s
+        self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        self.metrics = metrics
+        self._backend_factory = backend_factory
+        self._jobs: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(max_jobs)
+        self._retired = Totals()
+        self._lock_fd: int | None = None
+        self.draining = False
+        self.started_at = time.time()
+        if metrics is not None:
+            metrics.bind(self.metrics_view)
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> list[Job]:
+        """Lock the state directory and load every job; return the ones to resume
+        (not yet started: call :meth:`resume`)."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        resumable: list[Job] = []
+        for job_dir in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()):
+            if not valid_job_id(job_dir.name):
+                continue
+            job = self._load(job_dir)
+            if job is None:
+                continue
+            self._jobs[job.id] = job
+            if job.status in RESUMABLE:
+                resumable.append(job)
+        resumable.sort(key=lambda j: j.created_at)
+        return resumable
+
+    def resume(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.config is None:
+                continue
+            previous = job.status
+            job.status = QUEUED
+            self._persist(job)
+            log_event("job_resumed", job_id=job.id, previous_status=previous,
+                      tasks_written=job.counters.get("tasks_written", 0))
+            if job.api_key_source == "request" and job.config.api_key is None:
+                log_event("job_api_key_missing", level="warning", job_id=job.id,
+                          detail="the job was submitted with an api_key that is not stored; "
+                                 "set OPENAI_API_KEY in the worker's environment")
+            self._start_task(job)
+
+    def _lock(self) -> None:
+        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateDirLocked(
+                f"state directory {self.state_dir} is in use by another worker"
+            ) from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _load(self, job_dir: Path) -> Job | None:
+        path = job_dir / JOB_JSON
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log_event("job_unreadable", level="warning", job_id=job_dir.name,
+                      error=f"{type(exc).__name__}: {exc}")
+            return None
+        if not isinstance(data, dict) or data.get("id") != job_dir.name:
+            log_event("job_unreadable", level="warning", job_id=job_dir.name,
+                      error="job.json does not describe this job")
+            return None
+        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+        assert isinstance(spec, dict)
+        job = Job(
+            id=job_dir.name,
+            spec=spec,
+            created_at=float(data.get("created_at") or 0.0),
+            config=None,
+            status=str(data.get("status") or QUEUED),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            error=data.get("error"),
+            api_key_source=data.get("api_key_source"),
+            cancel_requested=bool(data.get("cancel_requested")),
+            starts=int(data.get("starts") or 0),
+            counters=dict(data.get("counters") or {}),
+            usage=dict(data.get("usage") or {}),
+        )
+        try:
+            job.config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env)
+        except ConfigError as exc:
+            if job.status in RESUMABLE:
+                job.status = FAILED
+                job.error = f"cannot resume: {exc}"
+                job.finished_at = time.time()
+                self._persist(job)
+                log_event("job_failed", level="error", job_id=job.id, error=job.error)
+        if job.status in TERMINAL or job.status == INTERRUPTED:
+            job.ended.set()
+        return job
+
+    # ------------------------------------------------------------------ API
+    def submit(self, body: Mapping[str, Any]) -> Job:
+        if self.draining:
+            raise Draining("the worker is stopping; submit the job to another worker")
+        spec, api_key = split_body(body)
+        job_id = new_job_id()
+        while job_id in self._jobs:  # pragma: no cover - 40 random bits per second
+            job_id = new_job_id()
+        job_dir = self.jobs_dir / job_id
+        config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env,
+                                  api_key=api_key)
+        job = Job(id=job_id, spec=spec, created_at=time.time(), config=config)
+        job.api_key_source = (
+            "request" if api_key is not None
+            else "environment" if config.api_key is not None else None
+        )
+        job_dir.mkdir(parents=True, exist_ok=False)
+        self._jobs[job_id] = job
+        self._persist(job)
+        log_event("job_submitted", job_id=job_id, target=config.target, model=config.model,
+                  api=config.api, max_in_flight=config.max_in_flight)
+        self._start_task(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def list(self) -> list[Job]:
+        return sorted(self._jobs.values(), key=lambda j: (j.created_at, j.id))
+
+    def cancel(self, job: Job) -> bool:
+        """Ask a job to stop. Returns False if it had already ended."""
+        if job.terminal:
+            return False
+        job.cancel_requested = True
+        log_event("job_cancel_requested", job_id=job.id, status=job.status)
+        if job.status in (QUEUED, INTERRUPTED) and job.pipeline is None:
+            # Not running: nothing to drain.
+            self._end(job, CANCELLED)
+            if job.task is not None:
+                job.task.cancel()
+            return True
+        if job.pipeline is not None:
+            job.pipeline.request_drain()
+        self._persist(job)
+        return True
+
+    def view(self, job: Job, *, full: bool = True) -> dict[str, Any]:
+        counters = job.pipeline.state.as_dict() if job.pipeline is not None else job.counters
+        usage = job.pipeline.backend.snapshot() if job.pipeline is not None else job.usage
+        target = job.config.target if job.config is not None else job.spec.get("target")
+        written = int(counters.get("tasks_written", 0) or 0)
+        data: dict[str, Any] = {
+            "id": job.id,
+            "status": job.status,
+            "cancel_requested": job.cancel_requested,
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
+            "target": target,
+            "tasks_written": written,
+            "instructions_admitted": int(counters.get("instructions_admitted", 0) or 0),
+            "error": job.error,
+            "starts": job.starts,
+            "run_dir": str(self.jobs_dir / job.id / RUN_SUBDIR),
+            "usage_summary": {
+                "total_tokens": (usage.get("tokens") or {}).get("total", 0)
+                if isinstance(usage.get("tokens"), dict) else 0,
+                "cost_usd": usage.get("cost_usd", 0.0),
+                "in_flight": usage.get("in_flight", 0),
+                "rate_limited": usage.get("rate_limited", 0),
+            },
+        }
+        if full:
+            data["counters"] = counters
+            data["usage"] = usage
+            data["config"] = job.redacted_config()
+            data["spec"] = job.spec
+        return data
+
+    # ------------------------------------------------------------------ running
+    def _start_task(self, job: Job) -> None:
+        job.ended.clear()
+        job.task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+
+    async def _run(self, job: Job) -> None:
+        try:
+            async with self._slots:
+                if job.terminal or job.cancel_requested:
+                    if not job.terminal:
+                        self._end(job, CANCELLED)
+                    return
+                if self.draining:
+                    return  # stays queued; the next worker resumes it
+                await self._execute(job)
+        except asyncio.CancelledError:
+            if job.status == RUNNING:
+                self._end(job, CANCELLED if job.cancel_requested else INTERRUPTED)
+            elif job.status == QUEUED and job.cancel_requested:
+                self._end(job, CANCELLED)
+            raise
+        finally:
+            job.ended.set()
+
+    async def _execute(self, job: Job) -> None:
+        assert job.config is not None
+        job.status = RUNNING
+        job.started_at = time.time()
+        job.finished_at = None
+        job.error = None
+        job.starts += 1
+        self._persist(job)
+        log_event("job_started", job_id=job.id, target=job.config.target, start=job.starts)
+        status = FAILED
+        try:
+            result = await run_generate(
+                job.config,
+                backend_factory=self._backend_for,
+                progress=Progress(quiet=True),
+                install_signal_handlers=False,
+                on_pipeline=lambda pipeline: self._attach(job, pipeline),
+            )
+            status = result.summary.status
+            if status == "interrupted":
+                status = CANCELLED if job.cancel_requested else INTERRUPTED
+            elif status not in (FINISHED, BUDGET, FAILED):
+                status = INTERRUPTED
+        except asyncio.CancelledError:
+            self._detach(job)
+            raise
+        except SelfInstructError as exc:
+            job.error = str(exc)
+            log_event("job_error", level="error", job_id=job.id, error=job.error)
+        except Exception as exc:
+            job.error = f"{type(exc).__name__}: {exc}"
+            log_event("job_error", level="error", job_id=job.id, error=job.error, exc_info=True)
+        self._detach(job)
+        self._end(job, status)
+
+    def _attach(self, job: Job, pipeline: Pipeline) -> None:
+        """on_pipeline: called by run_generate before the pipeline runs."""
+        job.pipeline = pipeline
+        job.baseline = Baseline.of(pipeline)
+        pipeline.drain_timeout_s = self.drain_timeout_s
+        if self.metrics is not None:
+            # The pipeline calls its admit function from the dedup thread; wrap it to
+            # time every admission batch (no hook for this in the pipeline itself).
+            pipeline._admit = self.metrics.timed_admit(pipeline._admit)
+        if job.cancel_requested or self.draining:
+            pipeline.request_drain()
+
+    def _detach(self, job: Job) -> None:
+        pipeline, baseline = job.pipeline, job.baseline
+        if pipeline is None or baseline is None:
+            return
+        job.counters = pipeline.state.as_dict()
+        job.usage = pipeline.backend.snapshot()
+        self._retired.add(pipeline_totals(pipeline, baseline).without_gauges())
+        job.pipeline = None
+        job.baseline = None
+
+    def _end(self, job: Job, status: str) -> None:
+        job.status = status
+        job.finished_at = time.time()
+        self._persist(job)
+        job.ended.set()
+        elapsed = job.finished_at - job.started_at if job.started_at else None
+        log_event("job_ended", level="error" if status == FAILED else "info", job_id=job.id,
+                  status=status, tasks_written=job.counters.get("tasks_written", 0),
+                  elapsed_s=round(elapsed, 3) if elapsed is not None else None,
+                  error=job.error)
+
+    @contextlib.asynccontextmanager
+    async def _backend_for(self, config: Config) -> AsyncIterator[Backend]:
+        """The production backend, with its limiters timed for /metrics."""
+        if self._backend_factory is not None:
+            async with self._backend_factory(config) as custom:
+                yield custom
+            return
+        from service.llm_backend import open_backend
+
+        async with open_backend(config) as backend:
+            if self.metrics is not None:
+                # LLMBackend keeps one client (and limiter) per endpoint.
+                for client in getattr(backend, "_clients", {}).values():
+                    self.metrics.instrument_limiter(getattr(client, "limiter", None))
+            yield backend
+
+    def _persist(self, job: Job) -> None:
+        job_dir = self.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(job_dir / JOB_JSON, job.to_json())
+
+    # ------------------------------------------------------------------ drain
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting jobs; drain running ones (bounded); persist what is left."""
+        timeout = self.drain_timeout_s if timeout_s is None else timeout_s
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        running = [j for j in self._jobs.values() if j.task is not None and not j.task.done()]
+        log_event("draining", running=sum(1 for j in running if j.status == RUNNING),
+                  queued=sum(1 for j in running if j.status == QUEUED), timeout_s=timeout)
+        for job in running:
+            if job.status == QUEUED and job.pipeline is None:
+                assert job.task is not None
+                job.task.cancel()  # stays queued in job.json; resumed on the next start
+            elif job.pipeline is not None:
+                # Let the pipeline stop by itself a little before our hard deadline.
+                job.pipeline.drain_timeout_s = max(0.1, timeout - 1.0)
+                job.pipeline.request_drain()
+        tasks = [j.task for j in running if j.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            if pending:
+                log_event("drain_deadline", level="warning", pending=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=5.0)
+        for job in self._jobs.values():
+            if job.status == RUNNING:
+                self._detach(job)
+                self._end(job, INTERRUPTED)
+
+    # ------------------------------------------------------------------ metrics
+    def metrics_view(self) -> JobsView:
+        totals = Totals()
+        totals.add(self._retired)
+        by_status: Counter[str] = Counter()
+        for job in self._jobs.values():
+            by_status[job.status] += 1
+            if job.pipeline is not None and job.baseline is not None:
+                totals.add(pipeline_totals(job.pipeline, job.baseline))
+        return JobsView(totals, dict(by_status), by_status[QUEUED], self.draining)
