@@ -27,7 +27,7 @@ import importlib.util
 import resource
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -250,11 +250,11 @@ def peak_window(times: Sequence[float], width: float = 1.0) -> int:
     return best
 
 
-class _Stopped(Exception):
+class SendingStopped(Exception):
     """Raised by the limiter once the bench stopped sending (the call is abandoned)."""
 
 
-class _TracingLimiter(RateLimiter):
+class TracingLimiter(RateLimiter):
     """The generate limiter plus what a load test needs: the time each attempt went out,
     the tasks with a request on the wire, and a stop switch for the end of the duration."""
 
@@ -265,21 +265,24 @@ class _TracingLimiter(RateLimiter):
         self.on_wire: set[asyncio.Task[Any]] = set()
         self.attempts_by_task: Counter[asyncio.Task[Any]] = Counter()
         self.max_seen = 0
+        self.on_send: Callable[[], None] | None = None  # called in the sending task
 
     async def acquire(self, tokens: int = 0) -> Permit:
         if self.stopped:
-            raise _Stopped
+            raise SendingStopped
         permit = await super().acquire(tokens)
         task = asyncio.current_task()
         if self.stopped:
             permit.settle(0)
             permit.release()
-            raise _Stopped
+            raise SendingStopped
         self.sends.append(time.monotonic())
         self.max_seen = max(self.max_seen, self.in_flight)
         if task is not None:
             self.on_wire.add(task)
             self.attempts_by_task[task] += 1
+        if self.on_send is not None:
+            self.on_send()
         return permit
 
     def _release(self) -> None:  # called by Permit.release, in the task that holds it
@@ -342,7 +345,7 @@ async def run_bench(
 
 async def _run(s: BenchSettings, progress: Progress | None) -> BenchReport:
     assert s.base_url is not None
-    limiter = _TracingLimiter(LimiterSettings(rpm=s.rpm, tpm=s.tpm, max_in_flight=s.concurrency))
+    limiter = TracingLimiter(LimiterSettings(rpm=s.rpm, tpm=s.tpm, max_in_flight=s.concurrency))
     client_settings = ClientSettings(
         base_url=s.base_url,
         api_key=s.api_key,
@@ -390,7 +393,7 @@ async def _run(s: BenchSettings, progress: Progress | None) -> BenchReport:
                 limiter.attempts_by_task[task] = 0
                 try:
                     result = await call(index)
-                except _Stopped:
+                except SendingStopped:
                     if limiter.attempts_by_task[task]:
                         state.started += 1
                         state.unfinished += 1
@@ -463,7 +466,7 @@ async def _run(s: BenchSettings, progress: Progress | None) -> BenchReport:
         return _report(s, state, limiter, client, start, stop_at, end)
 
 
-async def _drive(s: BenchSettings, workers: list[asyncio.Task[None]], limiter: _TracingLimiter,
+async def _drive(s: BenchSettings, workers: list[asyncio.Task[None]], limiter: TracingLimiter,
                  stop_sending: asyncio.Event) -> float:
     """Wait until every worker ended, the duration passed or the bench aborted; then stop
     sending, abandon calls not on the wire and let the others finish for ``drain_s``.
@@ -490,7 +493,7 @@ async def _drive(s: BenchSettings, workers: list[asyncio.Task[None]], limiter: _
     return stop_at
 
 
-def _report(s: BenchSettings, state: _State, limiter: _TracingLimiter, client: LLMClient,
+def _report(s: BenchSettings, state: _State, limiter: TracingLimiter, client: LLMClient,
             start: float, stop_at: float, end: float) -> BenchReport:
     acc = client.accounting
     elapsed = max(end - start, 1e-9)
