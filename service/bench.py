@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import resource
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -336,14 +337,16 @@ async def run_bench(
     settings: BenchSettings,
     *,
     progress: Progress | None = None,
+    handle_signals: bool = False,
 ) -> BenchReport:
-    """Run the load test; see the module docstring."""
+    """Run the load test; see the module docstring. With ``handle_signals`` a first
+    SIGINT/SIGTERM ends the run early (with its report), a second one stops the drain."""
     raise_fd_limit()
     async with bench_endpoint(settings) as live:
-        return await _run(live, progress)
+        return await _run(live, progress, handle_signals)
 
 
-async def _run(s: BenchSettings, progress: Progress | None) -> BenchReport:
+async def _run(s: BenchSettings, progress: Progress | None, handle_signals: bool) -> BenchReport:
     assert s.base_url is not None
     limiter = TracingLimiter(LimiterSettings(rpm=s.rpm, tpm=s.tpm, max_in_flight=s.concurrency))
     client_settings = ClientSettings(
@@ -447,12 +450,32 @@ async def _run(s: BenchSettings, progress: Progress | None) -> BenchReport:
                 if progress is not None:
                     progress.update(line(time.monotonic()))
 
+        def on_signal() -> None:
+            if not stop_sending.is_set():
+                state.aborted = "interrupted"
+                stop_sending.set()
+                if progress is not None:
+                    progress.message("stopping: waiting for requests on the wire "
+                                     "(again to stop now)")
+            else:
+                for t in workers:
+                    t.cancel()
+
         start = time.monotonic()
         workers = [asyncio.create_task(worker()) for _ in range(s.concurrency)]
         tick = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, on_signal)
+                    installed.append(sig)
         try:
             stop_at = await _drive(s, workers, limiter, stop_sending)
         finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
             for t in workers:
                 t.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

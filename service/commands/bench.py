@@ -109,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--prompts-per-request needs --api completions")
     install_uvloop()
     progress = Progress(quiet=args.quiet)
-    report = asyncio.run(run_bench(settings, progress=progress))
+    report = asyncio.run(run_bench(settings, progress=progress, handle_signals=True))
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
     else:
         sys.stdout.write(report.format_text() + "\n")
     sys.stdout.flush()
+    if report.aborted == "interrupted":
+        return 130
     return 0 if report.ok > 0 else 1
