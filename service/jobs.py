@@ -27,7 +27,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ FINISHED, BUDGET, FAILED, CANCELLED, INTERRUPTED = (
 )
 TERMINAL = frozenset({FINISHED, BUDGET, FAILED, CANCELLED})
 RESUMABLE = frozenset({QUEUED, RUNNING, INTERRUPTED})
+CANCEL_GRACE_S = 5.0
 
 # Config keys a client may not set: the server owns paths on its own disk and the
 # display mode; nested tables (filters, stages) come from the server's defaults.
@@ -148,6 +149,7 @@ class Job:
     starts: int = 0
     counters: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    stored_config: dict[str, Any] | None = None  # job.json's, if the spec no longer loads
     pipeline: Pipeline | None = None
     baseline: Baseline | None = None
     task: asyncio.Task[None] | None = None
@@ -158,7 +160,7 @@ class Job:
         return self.status in TERMINAL
 
     def redacted_config(self) -> dict[str, Any] | None:
-        return self.config.redacted() if self.config is not None else None
+        return self.config.redacted() if self.config is not None else self.stored_config
 
     def to_json(self) -> dict[str, Any]:
         """What job.json holds: nothing secret."""
@@ -290,6 +292,7 @@ class JobService:
             starts=int(data.get("starts") or 0),
             counters=dict(data.get("counters") or {}),
             usage=dict(data.get("usage") or {}),
+            stored_config=data.get("config") if isinstance(data.get("config"), dict) else None,
         )
         try:
             job.config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env)
@@ -347,6 +350,9 @@ class JobService:
                 job.task.cancel()
             return True
         if job.pipeline is not None:
+            # A cancelled job will not be resumed: give in-flight calls a short grace
+            # instead of working through the whole admitted backlog.
+            job.pipeline.drain_timeout_s = min(self.drain_timeout_s, CANCEL_GRACE_S)
             job.pipeline.request_drain()
         self._persist(job)
         return True
@@ -421,7 +427,7 @@ class JobService:
         try:
             result = await run_generate(
                 job.config,
-                backend_factory=self._backend_for,
+                backend_factory=self._backend_factory,  # None: run_generate's own
                 progress=Progress(quiet=True),
                 install_signal_handlers=False,
                 on_pipeline=lambda pipeline: self._attach(job, pipeline),
@@ -452,7 +458,12 @@ class JobService:
             # The pipeline calls its admit function from the dedup thread; wrap it to
             # time every admission batch (no hook for this in the pipeline itself).
             pipeline._admit = self.metrics.timed_admit(pipeline._admit)
+            # Time the rate limiter's waits: the production backend keeps one client
+            # (with its limiter) per endpoint; nothing has called acquire yet.
+            for client in getattr(pipeline.backend, "_clients", {}).values():
+                self.metrics.instrument_limiter(getattr(client, "limiter", None))
         if job.cancel_requested or self.draining:
+            pipeline.drain_timeout_s = min(self.drain_timeout_s, CANCEL_GRACE_S)
             pipeline.request_drain()
 
     def _detach(self, job: Job) -> None:
@@ -475,22 +486,6 @@ class JobService:
                   status=status, tasks_written=job.counters.get("tasks_written", 0),
                   elapsed_s=round(elapsed, 3) if elapsed is not None else None,
                   error=job.error)
-
-    @contextlib.asynccontextmanager
-    async def _backend_for(self, config: Config) -> AsyncIterator[Backend]:
-        """The production backend, with its limiters timed for /metrics."""
-        if self._backend_factory is not None:
-            async with self._backend_factory(config) as custom:
-                yield custom
-            return
-        from service.llm_backend import open_backend
-
-        async with open_backend(config) as backend:
-            if self.metrics is not None:
-                # LLMBackend keeps one client (and limiter) per endpoint.
-                for client in getattr(backend, "_clients", {}).values():
-                    self.metrics.instrument_limiter(getattr(client, "limiter", None))
-            yield backend
 
     def _persist(self, job: Job) -> None:
         job_dir = self.jobs_dir / job.id

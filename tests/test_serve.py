@@ -258,6 +258,36 @@ async def test_cancel_running_and_queued_jobs(tmp_path: Path) -> None:
     assert verify_run(tmp_path / "state" / "jobs" / ids[0] / "run").ok
 
 
+async def test_draining_refuses_jobs_then_a_new_worker_resumes(tmp_path: Path) -> None:
+    async with SimulatedServer(SimSettings(latency_ms=100, seed=6)) as sim, \
+            aiohttp.ClientSession() as session:
+        body = {"target": 2000, "base_url": sim.base_url, "model": "sim", "max_in_flight": 4}
+        worker = _worker(tmp_path, drain_timeout_s=1.5)
+        await worker.start()
+        async with session.post(f"{worker.url}/v1/jobs", json=body) as resp:
+            job_id = (await resp.json())["id"]
+        job_url = f"{worker.url}/v1/jobs/{job_id}"
+        await _wait_status(session, job_url, {"running"})
+        stopping = asyncio.create_task(worker.stop())
+        await asyncio.sleep(0.2)
+        async with session.get(f"{worker.url}/healthz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["status"] == "draining"
+        async with session.post(f"{worker.url}/v1/jobs", json=body) as resp:
+            assert resp.status == 503
+        await asyncio.wait_for(stopping, 10)
+        job_json = tmp_path / "state" / "jobs" / job_id / "job.json"
+        assert orjson.loads(job_json.read_bytes())["status"] == "interrupted"
+
+        async with _worker(tmp_path) as again:
+            job = await _wait_status(session, f"{again.url}/v1/jobs/{job_id}", {"running"})
+            assert job["starts"] == 2
+            async with session.delete(f"{again.url}/v1/jobs/{job_id}") as resp:
+                assert resp.status == 202
+            await _wait_status(session, f"{again.url}/v1/jobs/{job_id}", {"cancelled"})
+        assert orjson.loads(job_json.read_bytes())["status"] == "cancelled"
+
+
 class _Serve:
     """`python -m service serve` as a subprocess; stderr (JSON logs) collected."""
 
