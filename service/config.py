@@ -153,6 +153,7 @@ class Config:
     # distributed
     redis: str | None = None
     run_id: str | None = None
+    lease_seconds: float = 60.0  # a dead worker's admitted work is reclaimed after this
 
     # behaviour
     quiet: bool = False
@@ -190,7 +191,7 @@ _POSITIVE_INT = {
     "max_words", "max_instances", "max_tokens",
 }
 _NON_NEGATIVE_INT = {"seed", "num_machine_instructions", "min_words"}
-_POSITIVE_FLOAT = {"request_timeout", "deadline", "budget_usd"}
+_POSITIVE_FLOAT = {"request_timeout", "deadline", "budget_usd", "lease_seconds"}
 _UNIT_FLOAT = {"threshold", "classification_share", "top_p"}
 
 

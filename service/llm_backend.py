@@ -27,6 +27,7 @@ from service.llm import (
 )
 from service.llm import Secret as ClientSecret
 from service.llm.accounting import Accounting
+from service.llm.limiter import RateLimiter
 
 __all__ = ["LLMBackend", "install_uvloop", "open_backend"]
 
@@ -126,9 +127,12 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
 
 
 @contextlib.asynccontextmanager
-async def open_backend(config: Config, *, list_prompts: bool = True) -> AsyncIterator[LLMBackend]:
+async def open_backend(
+    config: Config, *, list_prompts: bool = True, limiter: RateLimiter | None = None
+) -> AsyncIterator[LLMBackend]:
     """Clients for every endpoint the stages use, closed on exit. One accounting object
-    is shared so the budget covers every endpoint together."""
+    is shared so the budget covers every endpoint together; ``limiter`` (e.g. the
+    Redis-shared one of a distributed run) replaces each client's own."""
     if config.base_url is None and not any(s.base_url for s in config.stages.values()):
         raise ValueError("open_backend needs an endpoint: set base_url")
     urls = {(config.stage(s).base_url or config.base_url or "").rstrip("/")
@@ -138,6 +142,7 @@ async def open_backend(config: Config, *, list_prompts: bool = True) -> AsyncIte
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, LLMClient] = {}
         for url in sorted(urls):
-            client = LLMClient(client_settings(config, url), accounting=accounting)
+            client = LLMClient(client_settings(config, url), accounting=accounting,
+                               limiter=limiter)
             clients[url] = await stack.enter_async_context(client)
         yield LLMBackend(config, clients, accounting, list_prompts=list_prompts)

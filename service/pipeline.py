@@ -220,7 +220,8 @@ class Pipeline:
             self.machine_instructions.append(text)
             number = _task_number(str(rec["id"]))
             self._next_task_number = max(self._next_task_number, number + 1)
-            if rec["id"] not in done_ids and rec["id"] not in dropped_ids:
+            # A distributed run's pending work lives in Redis, not in this directory.
+            if self.coordinator is None and rec["id"] not in done_ids and rec["id"] not in dropped_ids:
                 self._pending_resume.append(
                     PendingTask(str(rec["id"]), text, dict(rec.get("most_similar") or {}))
                 )
@@ -677,14 +678,7 @@ def seeds_for_run(run_dir: RunDir, seeds: Sequence[SeedTask]) -> list[SeedTask]:
     so a changed --seed-tasks file cannot silently change a run half-way."""
     recorded = run_dir.records(SEEDS)
     if recorded:
-        return [
-            SeedTask(
-                id=str(r["id"]), name=str(r.get("name", r["id"])), instruction=str(r["instruction"]),
-                instances=tuple(Instance(str(i["input"]), str(i["output"])) for i in r.get("instances", [])),
-                is_classification=bool(r.get("is_classification", False)),
-            )
-            for r in recorded
-        ]
+        return [SeedTask.from_json(r) for r in recorded]
     for task in seeds:
         run_dir.append(SEEDS, task.to_json())
     return list(seeds)

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.backend import Backend
 from service.config import Config
 from service.dedup_bridge import make_admit
-from service.errors import SelfInstructError
+from service.errors import ConfigError, SelfInstructError
 from service.pipeline import Pipeline, RunSummary, seeds_for_run
 from service.progress import Progress, status_line
 from service.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.store import TASKS, RunDir
+
+if TYPE_CHECKING:
+    from service.distributed import RedisCoordinator
+    from service.llm.limiter import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -79,47 +84,77 @@ async def run_generate(
     """Run (or resume) a generation into ``config.out``."""
     progress = progress or Progress(quiet=config.quiet)
     seeds = load_seeds(config)
-    with RunDir.open(config.out, fsync=config.fsync) as run_dir:
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = None
+        limiter = None
+        if config.redis is not None:
+            coordinator, limiter = await _join_distributed(config, stack)
+            seeds = await coordinator.join(config, seeds)
+        run_dir = stack.enter_context(RunDir.open(config.out, fsync=config.fsync))
         for repair in run_dir.repairs:
             progress.message(f"repaired {repair.describe()}")
         seeds = seeds_for_run(run_dir, seeds)
         if backend_factory is None:
             from service.llm_backend import open_backend
 
-            backend_factory = open_backend
-        async with endpoint_for(config) as live_config, backend_factory(live_config) as backend:
-            pipeline_holder: list[Pipeline] = []
-            existing = _existing_texts(run_dir)
-            admit = make_admit(live_config, [s.instruction for s in seeds], existing)
-            pipeline = Pipeline(live_config, backend, run_dir, seeds, admit)
-            pipeline.load_existing()
-            pipeline_holder.append(pipeline)
-            if on_pipeline is not None:
-                on_pipeline(pipeline)
-            start_written = pipeline.state.tasks_written
-            if start_written and not config.quiet:
-                progress.message(
-                    f"resuming {config.out}: {start_written} tasks written, "
-                    f"{pipeline.state.resumed_pending} admitted instructions pending"
-                )
-            pipeline.on_progress = lambda p: progress.update(_line(p, start_written))
-            loop = asyncio.get_running_loop()
-            installed: list[int] = []
-            if install_signal_handlers:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.add_signal_handler(sig, _on_signal, pipeline, progress)
-                        installed.append(sig)
-            try:
-                summary = await pipeline.run()
-            finally:
-                for installed_sig in installed:
-                    loop.remove_signal_handler(installed_sig)
-                progress.update(_line(pipeline, start_written), force=True)
-                progress.finish()
-            if pipeline.fatal is not None:
-                raise _as_error(pipeline.fatal)
+            backend_factory = functools.partial(open_backend, limiter=limiter)
+        live_config = await stack.enter_async_context(endpoint_for(config))
+        backend = await stack.enter_async_context(backend_factory(live_config))
+        seed_texts = [s.instruction for s in seeds]
+        if coordinator is not None:
+            # The replica catches up on the whole admission stream: not on the loop.
+            admit = await asyncio.get_running_loop().run_in_executor(
+                None, coordinator.make_admit, live_config, seed_texts
+            )
+        else:
+            admit = make_admit(live_config, seed_texts, _existing_texts(run_dir))
+        pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
+                            coordinator=coordinator)
+        pipeline.load_existing()
+        if on_pipeline is not None:
+            on_pipeline(pipeline)
+        start_written = pipeline.state.tasks_written
+        if start_written and not config.quiet:
+            progress.message(
+                f"resuming {config.out}: {start_written} tasks written, "
+                f"{pipeline.state.resumed_pending} admitted instructions pending"
+            )
+        pipeline.on_progress = lambda p: progress.update(_line(p, start_written))
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, _on_signal, pipeline, progress)
+                    installed.append(sig)
+        try:
+            summary = await pipeline.run()
+        finally:
+            for installed_sig in installed:
+                loop.remove_signal_handler(installed_sig)
+            progress.update(_line(pipeline, start_written), force=True)
+            progress.finish()
+        if pipeline.fatal is not None:
+            raise _as_error(pipeline.fatal)
     return RunResult(summary, Path(config.out), tuple(r.describe() for r in run_dir.repairs))
+
+
+async def _join_distributed(
+    config: Config, stack: contextlib.AsyncExitStack
+) -> tuple[RedisCoordinator, RateLimiter]:
+    from service.distributed import RedisCoordinator, SharedRateLimiter
+    from service.llm.limiter import LimiterSettings
+
+    if config.run_id is None:
+        raise ConfigError("config key 'run_id': a distributed run (--redis) needs --run-id")
+    coordinator = RedisCoordinator(config.redis or "", config.run_id,
+                                   lease_seconds=config.lease_seconds)
+    stack.push_async_callback(coordinator.aclose)
+    limiter = SharedRateLimiter(
+        LimiterSettings(rpm=config.rpm, tpm=config.tpm, max_in_flight=config.max_in_flight),
+        coordinator.aio, coordinator.keys,
+    )
+    return coordinator, limiter
 
 
 def _existing_texts(run_dir: RunDir) -> list[str]:

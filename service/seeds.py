@@ -42,6 +42,21 @@ class SeedTask:
             "is_classification": self.is_classification,
         }
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> SeedTask:
+        """The inverse of :meth:`to_json`, for records this program wrote itself
+        (a run's seeds.jsonl, a distributed run's seeds); user files go through
+        :func:`load_seed_tasks`, which validates."""
+        return cls(
+            id=str(record["id"]),
+            name=str(record.get("name", record["id"])),
+            instruction=str(record["instruction"]),
+            instances=tuple(
+                Instance(str(i["input"]), str(i["output"])) for i in record.get("instances", [])
+            ),
+            is_classification=bool(record.get("is_classification", False)),
+        )
+
 
 def default_seed_path() -> Path:
     return DEFAULT_SEED_TASKS

@@ -34,6 +34,7 @@ GENERATE_FLAGS: dict[str, str] = {
     "local_n_ctx": "local_n_ctx",
     "redis": "redis",
     "run_id": "run_id",
+    "lease_seconds": "lease_seconds",
     "quiet": "quiet",
     "fsync": "fsync",
 }
@@ -66,6 +67,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-n-ctx", metavar="N", help="context size of the local server")
     parser.add_argument("--redis", metavar="URL", help="join a distributed run through Redis")
     parser.add_argument("--run-id", metavar="ID", help="distributed run id")
+    parser.add_argument("--lease-seconds", metavar="S", help="distributed: reclaim a silent worker's tasks after this (default 60)")
     parser.add_argument("--quiet", action="store_const", const=True, default=None, help="no progress display")
     parser.add_argument("--fsync", action="store_const", const=True, default=None, help="fsync every record (slower; survives power loss)")
 
