@@ -99,7 +99,8 @@ def dedup_file(
 class ProgressBar:
     """A one-line counter on a terminal, rate-limited; silent elsewhere."""
 
-    def __init__(self, total_bytes: int, stream: IO[str] = sys.stderr) -> None:
+    def __init__(self, total_bytes: int, stream: IO[str] | None = None) -> None:
+        stream = stream if stream is not None else sys.stderr  # looked up now, not at import
         self.stream = stream
         self.tty = stream.isatty()
         self.total_bytes = total_bytes
