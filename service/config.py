@@ -146,7 +146,7 @@ class Config:
 
     # embedded local model
     local_model: Path | None = None
-    local_n_ctx: int = 4096
+    local_n_ctx: int = 8192  # split between the slots: 2048 tokens each by default
     local_n_parallel: int = 4
     local_threads: int = 1
 

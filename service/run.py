@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.backend import Backend
-from service.config import Config
+from service.config import Config, StageConfig
 from service.dedup_bridge import make_admit
 from service.errors import ConfigError, SelfInstructError
 from service.pipeline import Pipeline, RunSummary, seeds_for_run
@@ -58,15 +58,22 @@ async def endpoint_for(config: Config) -> AsyncIterator[Config]:
             config,
             base_url=server.base_url,
             model=config.model or server.model,
-            api="chat" if config.api == "completions" and _local_prefers_chat(config) else config.api,
+            # Completions suit the bundled model: our prompts are continuations.
             max_in_flight=min(config.max_in_flight, max(1, config.local_n_parallel * 2)),
+            stages=local_stage_limits(config),
         )
 
 
-def _local_prefers_chat(config: Config) -> bool:
-    """The bundled SmolLM2 is an instruct model; completions suit it when the prompt
-    is a continuation (our prompts are), so keep completions unless told otherwise."""
-    return False
+def local_stage_limits(config: Config) -> dict[str, StageConfig]:
+    """llama.cpp splits its context evenly between its parallel slots; a prompt plus
+    max_tokens beyond a slot is cut ("length") and the reference discards cut answers.
+    Keep each stage's max_tokens within half a slot, leaving the rest to the prompt."""
+    per_slot = config.local_n_ctx // max(1, config.local_n_parallel)
+    cap = max(64, per_slot // 2)
+    return {
+        name: replace(stage, max_tokens=min(stage.max_tokens, cap))
+        for name, stage in config.stages.items()
+    }
 
 
 def load_seeds(config: Config) -> list[SeedTask]:

@@ -1,0 +1,116 @@
+"""The embedded default end to end: `generate` with no endpoint starts the bundled
+llama.cpp model, runs every stage through it, and leaves no server behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.local_model
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    return env
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in (
+        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+
+
+def test_generate_verify_export_on_the_local_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "generate", "--out", str(out), "--target", "5",
+         "--seed", "1", "--quiet", "--show", "1"],
+        env=_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    tasks = _lines(out / "tasks.jsonl")
+    assert len(tasks) == 5
+    assert len(_lines(out / "instructions.jsonl")) >= 5  # instruction stage + admission
+    for task in tasks:  # instance stage and filters produced kept instances
+        instances = task["instances"]
+        assert isinstance(instances, list) and instances
+        assert all(str(i["output"]).strip() for i in instances)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished"
+    assert run["counters"]["instruction_requests"] >= 1
+    # classify + instances: at least two successful calls per written task
+    assert run["usage"]["calls"]["ok"] >= 1 + 2 * len(tasks)
+    assert run["usage"]["tokens"]["completion"] > 0
+    assert "[task_" in done.stdout  # the summary shows a finished task
+    verified = subprocess.run([sys.executable, "-m", "service", "verify", str(out)],
+                              env=_env(), capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    exported = subprocess.run(
+        [sys.executable, "-m", "service", "export", "--run", str(out), "--format", "alpaca"],
+        env=_env(), capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    records = _lines(out / "export" / "alpaca.jsonl")
+    assert len(records) >= 5
+    assert {"instruction", "input", "output"} <= set(records[0])
+
+
+def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "generate", "--out", str(out), "--target", "500",
+         "--quiet"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        servers: list[int] = []
+        while not (out / "instructions.jsonl").exists() or not servers:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the local run produced nothing"
+            servers = servers or _children(process.pid)
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr.decode()[-2000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted"
