@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import time
 from dataclasses import dataclass
 
@@ -109,12 +110,14 @@ def local_model(window_s: float) -> list[list[object]] | None:
                 stream=stream, drain_s=30.0)))
             ttft = r.ttft_s["p50"] if r.ttft_s is not None else None
             out.append([
-                r.model, "yes" if stream else "no", r.concurrency, r.ok,
+                r.model, "yes" if stream else "no", r.concurrency, r.attempts,
                 f"{r.requests_per_s:.2f}", f"{r.completion_tokens_per_s:.1f}",
                 f"{r.prompt_tokens_per_s:.1f}",
                 f"{r.latency_s['p50']:.2f} s" if r.latency_s["p50"] is not None else "-",
                 "-" if ttft is None else f"{ttft:.2f} s",
-                sum(v for k, v in r.outcome_groups.items() if k != "ok"),
+                ", ".join(f"{v} {k}" for k, v in r.outcome_groups.items() if k != "ok" and v)
+                + (" (retried)" if r.retries else "") or "none",
+                f"{r.ok}/{r.calls + r.unfinished}",
             ])
             print(out[-1], flush=True)
     finally:
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 s windows, no local model")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     window = 5.0 if args.quick else WINDOW_S
 
     cases = [
@@ -184,17 +188,25 @@ def main(argv: list[str] | None = None) -> int:
         summary,
     ]
     if local_rows is not None:
-        local_table = table(["model", "stream", "concurrency", "calls ok", "req/s",
+        local_table = table(["model", "stream", "concurrency", "attempts", "req/s",
                              "completion tokens/s", "prompt tokens/s", "latency p50",
-                             "TTFT p50", "errors"], local_rows)
+                             "TTFT p50", "failed attempts", "calls ok"], local_rows)
         print(local_table, flush=True)
         sections += [
             f"### Embedded local model (llama.cpp, 1 thread, 4 slots), {LOCAL_WINDOW_S:g} s, "
             "max_tokens 64",
             local_table,
+            "Streaming: llama.cpp's server does not keep a connection usable after an SSE "
+            "response, and the client's next request on that pooled connection fails with "
+            "\"Can not write request body\" (a connection error, retried after a backoff); "
+            "non-streaming calls reuse connections without errors.",
         ]
     elif not args.quick:
         sections.append("_The embedded local model was not available (no service/local.py)._")
+    load = (f"_Load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+            "after: other processes share the cores._")
+    print(load)
+    sections.append(load)
     if not args.no_write:
         write_section("endpoint", "\n\n".join(sections))
     return 0

@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 s windows (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     window = 5.0 if args.quick else WINDOW_S
 
     print(f"RPM cases: limit {RPM}/min, {WAITERS} concurrent requests, {window:g} s each",
@@ -389,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
 
     verdict = conclusion(rpm, tpm)
     print(verdict)
+    load = (f"_Load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+            "after: other processes share the cores; CPU columns are this process's own._")
+    print(load)
     if not args.no_write:
         write_section("limiters", "\n\n".join([
             "## Rate limiters (`python -m benchmarks.limiters`)",
@@ -403,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{TPM_PROMPT_TOKENS[0] + MAX_TOKENS}-{TPM_PROMPT_TOKENS[1] + MAX_TOKENS} tokens "
             f"(prompt + max_tokens), {TPM_CONCURRENCY} concurrent\n\n" + tpm_table,
             verdict,
+            load,
         ]))
     return 0
 
