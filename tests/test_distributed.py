@@ -160,3 +160,23 @@ async def test_mismatched_settings_are_refused(redis_url: str) -> None:
         await b.join(other, [])
     await a.aclose()
     await b.aclose()
+
+
+async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) -> None:
+    from service.cli import main
+
+    async with SimulatedServer(SimSettings(latency_ms=10, seed=8)) as sim:
+        workers = [await _worker(sim.base_url, redis_url, "gather", tmp_path / f"w{i}", 30)
+                   for i in range(2)]
+        for worker in workers:
+            _, stderr = await asyncio.wait_for(worker.communicate(), 120)
+            assert worker.returncode == 0, stderr.decode()
+    out = tmp_path / "gathered"
+    code = await asyncio.to_thread(main, ["export", "--run", str(out), "--redis", redis_url,
+                                          "--run-id", "gather", "--format", "alpaca"])
+    assert code == 0
+    assert len(_jsonl(out / "tasks.jsonl")) == 30
+    assert len(_jsonl(out / "export" / "alpaca.jsonl")) >= 30
+    assert verify_run(out).ok
+    assert await asyncio.to_thread(main, ["export", "--run", str(out), "--redis", redis_url,
+                                          "--run-id", "../etc"]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.errors import InputError
+from service.errors import ConfigError, InputError
 from service.export import DEFAULT_FORMAT, FORMATS, export_run
 
 
@@ -23,12 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--include-seeds", action="store_true",
         help="also export the seed tasks recorded in the run directory (first)",
     )
+    parser.add_argument(
+        "--redis", metavar="URL",
+        help="a distributed run: first gather its seeds, admissions and tasks into DIR",
+    )
+    parser.add_argument("--run-id", metavar="ID", help="the distributed run's id (with --redis)")
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path | None = args.out
     if out is not None and out.is_dir():
         raise InputError(str(out), None, None, "is a directory; --out takes a file name")
+    if args.redis is not None:
+        if not args.run_id:
+            raise ConfigError("--redis needs --run-id (the distributed run to gather)")
+        from service.config import load_config
+        from service.distributed import gather_run
+
+        load_config({"redis": args.redis, "run_id": args.run_id}, env={})  # validates both
+        counts = gather_run(args.redis, args.run_id, args.run)
+        print(f"gathered {counts['tasks']} tasks, {counts['instructions']} admissions and "
+              f"{counts['seeds']} seeds of run '{args.run_id}' into {args.run}")
     result = export_run(args.run, args.format, out, include_seeds=args.include_seeds)
     print(f"exported {result.describe()}")
     return 0
