@@ -98,7 +98,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def build_job_config(spec: Mapping[str, Any], *, run_dir: Path, env: Mapping[str, str],
-                     api_key: str | None = None) -> Config:
+                     api_key: str | None = None, job_id: str | None = None) -> Config:
     """Validate a job's options through :func:`load_config` (errors name the key).
 
     ``spec`` must not hold ``api_key`` (pass it separately); ``env`` supplies the layer
@@ -119,6 +119,8 @@ def build_job_config(spec: Mapping[str, Any], *, run_dir: Path, env: Mapping[str
         raise ConfigError(str(exc).replace("(from flags)", "(from request body)")) from None
     if api_key is not None:
         config = dataclasses.replace(config, api_key=Secret(api_key))
+    if config.redis is not None and config.run_id is None and job_id is not None:
+        config = dataclasses.replace(config, run_id=job_id)  # a distributed run of its own
     return config
 
 
@@ -295,7 +297,8 @@ class JobService:
             stored_config=data.get("config") if isinstance(data.get("config"), dict) else None,
         )
         try:
-            job.config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env)
+            job.config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env,
+                                          job_id=job_dir.name)
         except ConfigError as exc:
             if job.status in RESUMABLE:
                 job.status = FAILED
@@ -317,7 +320,7 @@ class JobService:
             job_id = new_job_id()
         job_dir = self.jobs_dir / job_id
         config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env,
-                                  api_key=api_key)
+                                  api_key=api_key, job_id=job_id)
         job = Job(id=job_id, spec=spec, created_at=time.time(), config=config)
         job.api_key_source = (
             "request" if api_key is not None

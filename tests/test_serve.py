@@ -400,3 +400,30 @@ async def test_second_worker_on_the_same_state_dir_is_refused(tmp_path: Path) ->
         with pytest.raises(Exception, match="in use by another worker"):
             async with _worker(tmp_path):
                 pass
+
+
+@pytest.mark.redis
+async def test_two_workers_on_redis_share_one_run(tmp_path: Path, redis_url: str) -> None:
+    """`serve --redis URL`: the same run_id submitted to two workers is one distributed run:
+    the target is met once, globally, and the gathered run verifies."""
+    from service.distributed import gather_run
+
+    env = {"SELFINSTRUCT_REDIS": redis_url}  # what `serve --redis URL` puts under each job
+    async with SimulatedServer(SimSettings(latency_ms=20, seed=2)) as sim, \
+            Worker(ServeSettings(port=0, state_dir=tmp_path / "a"), env=env) as first, \
+            Worker(ServeSettings(port=0, state_dir=tmp_path / "b"), env=env) as second, \
+            aiohttp.ClientSession() as session:
+        body = {"target": 40, "base_url": sim.base_url, "model": "sim", "run_id": "shared"}
+        urls = []
+        for worker in (first, second):
+            async with session.post(f"{worker.url}/v1/jobs", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                urls.append(f"{worker.url}/v1/jobs/{(await resp.json())['id']}")
+        finals = [await _wait_status(session, url, {"finished", "failed"}, timeout=60)
+                  for url in urls]
+    assert [f["status"] for f in finals] == ["finished", "finished"]
+    written = [len(lines(p)) for p in tmp_path.glob("*/jobs/*/run/tasks.jsonl")]
+    assert sum(written) == 40
+    out = tmp_path / "gathered"
+    assert (await asyncio.to_thread(gather_run, redis_url, "shared", out))["tasks"] == 40
+    assert verify_run(out).ok

@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="S", help="on SIGTERM, seconds to let running jobs finish in-flight work (default 30)")
     parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines on stderr (default json)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (requires a token)")
+    parser.add_argument("--redis", metavar="URL", help="jobs join distributed runs through this Redis (run_id from the job, else the job id); submit the same run_id to several workers to share one run")
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSettings:
@@ -64,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from service.serve import serve_until_signalled
 
     settings = settings_from_args(args, os.environ)
+    env = dict(os.environ)
+    if args.redis:
+        env["SELFINSTRUCT_REDIS"] = str(args.redis)  # the layer under each job's options
     configure_logging("json" if args.log_format == "json" else "text")
     install_uvloop()
     try:
-        return asyncio.run(serve_until_signalled(settings))
+        return asyncio.run(serve_until_signalled(settings, env=env))
     except SelfInstructError:
         raise  # the CLI prints it and exits with its code
     except Exception as exc:
