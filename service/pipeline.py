@@ -434,8 +434,13 @@ class Pipeline:
     async def _finish_task(self, task: PendingTask) -> bool:
         """Classify, write instances, filter, write. False: left pending for a later run."""
         try:
-            is_cls = await self._classify(task.instruction)
-            instances, truncated = await self._instances(task.instruction, is_cls)
+            answer = await self._classify(task.instruction)
+            instances: list[Instance] = []
+            if answer is None:  # a cut classify answer: nothing of it is used
+                is_cls, truncated, cut_stage = False, True, "classify"
+            else:
+                is_cls, cut_stage = answer, "instances"
+                instances, truncated = await self._instances(task.instruction, is_cls)
         except BudgetExceeded:
             self._request_stop("budget")
             return False
@@ -455,7 +460,7 @@ class Pipeline:
             return False
         if truncated:
             self.state.truncated_responses += 1
-            self._reject("instances", TRUNCATED, task.instruction, task_level=True, id=task.id)
+            self._reject(cut_stage, TRUNCATED, task.instruction, task_level=True, id=task.id)
             await self._settle(task, "dropped")
             return True
         verdict = filter_instances(instances, self.config.filters)
@@ -500,7 +505,10 @@ class Pipeline:
         if self.coordinator is not None:
             await self.coordinator.settle(task, outcome)
 
-    async def _classify(self, instruction: str) -> bool:
+    async def _classify(self, instruction: str) -> bool | None:
+        """Yes/No; None when the answer was cut (``length``) before a Yes or No: such a
+        response is unusable (max_tokens is tiny here, so a cut answer that does start
+        with Yes/No is still read)."""
         prompt = classify_stage.build_classify_prompt(
             self.classify_examples, instruction, self.templates
         )
@@ -510,6 +518,8 @@ class Pipeline:
         )
         answer = classify_stage.parse_classify_answer(choice.text)
         if answer is None:
+            if choice.finish_reason == "length":
+                return None
             self.state.classify_unparsed += 1
             return False
         if answer:
@@ -679,8 +689,9 @@ def seeds_for_run(run_dir: RunDir, seeds: Sequence[SeedTask]) -> list[SeedTask]:
     recorded = run_dir.records(SEEDS)
     if recorded:
         return [SeedTask.from_json(r) for r in recorded]
-    for task in seeds:
-        run_dir.append(SEEDS, task.to_json())
+    # All at once: a crash part-way through must not leave a part of the seeds for the
+    # next run to take as the whole.
+    run_dir.write_all(SEEDS, [task.to_json() for task in seeds])
     return list(seeds)
 
 

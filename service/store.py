@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,18 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write a whole JSONL file at once (temporary file, fsync, rename): a crash leaves no
+    file or the complete one, never a part of it (for files written once, like seeds)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = b"".join(orjson.dumps(record) + b"\n" for record in records)
+    with tmp.open("wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def read_run_json(path: Path) -> dict[str, Any]:
     file = path / RUN_JSON
     if not file.exists():
@@ -222,6 +234,14 @@ class RunDir:
 
     def records(self, name: str) -> list[dict[str, Any]]:
         return [obj for _, obj in read_jsonl(self.path / name)]
+
+    def write_all(self, name: str, records: Iterable[dict[str, Any]]) -> None:
+        """Create ``name`` whole and atomically (see :func:`write_jsonl_atomic`)."""
+        if self._lock_fd is None:
+            raise RunDirError(f"{self.path}: run directory is closed")
+        if name in self._writers:
+            raise RunDirError(f"{self.path / name}: is open for appending")
+        write_jsonl_atomic(self.path / name, records)
 
     def write_run_json(self, data: dict[str, Any]) -> None:
         write_json_atomic(self.path / RUN_JSON, data)
