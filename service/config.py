@@ -272,9 +272,12 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, original, "a number between -2 and 2")
         return value
     if "Path" in type_text:
-        if not isinstance(value, str | Path) or not str(value).strip():
+        if not isinstance(value, str | Path) or not str(value).strip() or "\x00" in str(value):
             raise _fail(key, source, value, "a path")
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # "~user/..." for a user this machine does not know
+            raise _fail(key, source, value, "a path whose ~user exists") from None
     if "tuple" in type_text:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -325,6 +328,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: invalid TOML (nested too deeply)") from None
 
 
 def load_config(

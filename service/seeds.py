@@ -7,6 +7,7 @@ and the field, because a seed file is hand-written and a typo should take second
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from service.errors import InputError
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_SEED_TASKS = PROMPTS_DIR / "seed_tasks.jsonl"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,15 @@ def _task_from_obj(obj: Any, path: Path, line: int, index: int) -> SeedTask:
     )
 
 
+def _lines(text: str) -> list[str]:
+    """Split on \n, \r\n and \r only: str.splitlines() also breaks at U+2028, U+0085 and
+    other characters that a JSON string may hold unescaped (orjson writes them so)."""
+    return _LINE_BREAK.split(text)
+
+
 def _parse_jsonl(text: str, path: Path) -> list[tuple[int, Any]]:
     out: list[tuple[int, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -176,6 +184,8 @@ def _parse_json_array(text: str, path: Path) -> list[tuple[int, Any]]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise fail(exc.pos, f"invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise fail(pos, "invalid JSON (nested too deeply)") from None
         out.append((text.count("\n", 0, pos) + 1, obj))
         pos = end
     if text[pos:].strip():
@@ -202,7 +212,7 @@ def load_seed_tasks(path: Path | str) -> list[SeedTask]:
         lines = [line for line, _ in entries]
     else:
         lines = []
-        for lineno, text_line in enumerate(text.splitlines(), start=1):
+        for lineno, text_line in enumerate(_lines(text), start=1):
             if text_line.strip():
                 idx = len(tasks)
                 tasks.append(

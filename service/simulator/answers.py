@@ -33,7 +33,7 @@ import random
 import re
 from dataclasses import dataclass
 
-LIST_LAST_LINE = re.compile(r"^\s*(\d+)\.\s*$")
+LIST_LAST_LINE = re.compile(r"^\s*(\d{1,9})\.\s*$")  # bounded: int() of a huge number fails
 CLASSIFY_QUESTION = "Is it classification?"
 TASK_PREFIX = "Task:"
 CLASS_LABEL = "Class label:"
