@@ -137,7 +137,19 @@ async def _shielded(awaitable: Awaitable[T]) -> T:
     lost connection and the caller's CancelledError disappears (its task then runs on;
     seen with redis-py 8.1). Shielded, the command completes on its own (all ours are
     short: the longest blocks 250 ms) while the caller is cancelled normally."""
-    return await asyncio.shield(awaitable)
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # Nobody awaits the command any more: retrieve its outcome so a command cut
+        # off by closing the client at exit is not reported as never retrieved.
+        task.add_done_callback(_discard_outcome)
+        raise
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def worker_name() -> str:
@@ -311,7 +323,8 @@ class RedisCoordinator:
             await _shielded(self.aio.xack(self.keys.admissions, GROUP, entry_id))  # finished elsewhere
             return None
         most_similar = orjson.loads(fields.get("most_similar") or "{}")
-        return PendingTask(task_id, fields.get("text", ""), dict(most_similar), ref=entry_id)
+        return PendingTask(task_id, fields.get("text", ""), dict(most_similar), ref=entry_id,
+                           admitted_here=fields.get("worker") == self.worker)
 
     async def commit_task(self, task: PendingTask, record: dict[str, Any], target: int) -> bool:
         result = await _shielded(self._commit(keys=[self.keys.done, self.keys.written, self.keys.tasks],

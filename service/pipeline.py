@@ -78,6 +78,7 @@ class PendingTask:
     most_similar: dict[str, float]
     attempts: int = 0
     ref: str | None = None  # the coordinator's handle (e.g. a Redis stream entry id)
+    admitted_here: bool = False  # a coordinator's task that this process admitted
 
 
 class Coordinator(Protocol):
@@ -266,7 +267,7 @@ class Pipeline:
         rate = self._success_rate()
         expected = (
             self._in_progress
-            + self._coordinated_admitted
+            + max(0, self._coordinated_admitted)
             + self._inflight_prompts * self._admitted_per_prompt
             + self._queued_candidates * self._admit_ratio
         )
@@ -621,7 +622,10 @@ class Pipeline:
     async def _feed_coordinated(self) -> None:
         assert self.coordinator is not None
         async for task in self.coordinator.work():
-            self._coordinated_admitted = max(0, self._coordinated_admitted - 1)
+            if task.admitted_here:
+                # May run before the admission consumer counted it (the entry is in
+                # Redis first), so the count can dip below zero for a moment.
+                self._coordinated_admitted -= 1
             self._in_progress += 1
             await self._admitted.put(task)  # bounded: the lease is taken only when there is room
 
