@@ -283,6 +283,11 @@ class RedisCoordinator:
         value = await _shielded(self.aio.get(self.keys.written))
         return int(value) if value is not None else 0
 
+    async def unfinished(self) -> int:
+        admitted = await _shielded(self.aio.xlen(self.keys.admissions))
+        finished = await _shielded(self.aio.hlen(self.keys.done))
+        return max(0, int(admitted) - int(finished))
+
     async def work(self) -> AsyncIterator[PendingTask]:
         last_claim = 0.0
         loop = asyncio.get_running_loop()
@@ -323,8 +328,7 @@ class RedisCoordinator:
             await _shielded(self.aio.xack(self.keys.admissions, GROUP, entry_id))  # finished elsewhere
             return None
         most_similar = orjson.loads(fields.get("most_similar") or "{}")
-        return PendingTask(task_id, fields.get("text", ""), dict(most_similar), ref=entry_id,
-                           admitted_here=fields.get("worker") == self.worker)
+        return PendingTask(task_id, fields.get("text", ""), dict(most_similar), ref=entry_id)
 
     async def commit_task(self, task: PendingTask, record: dict[str, Any], target: int) -> bool:
         result = await _shielded(self._commit(keys=[self.keys.done, self.keys.written, self.keys.tasks],

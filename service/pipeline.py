@@ -78,7 +78,6 @@ class PendingTask:
     most_similar: dict[str, float]
     attempts: int = 0
     ref: str | None = None  # the coordinator's handle (e.g. a Redis stream entry id)
-    admitted_here: bool = False  # a coordinator's task that this process admitted
 
 
 class Coordinator(Protocol):
@@ -88,6 +87,11 @@ class Coordinator(Protocol):
 
     async def written(self) -> int:
         """Tasks written by all processes together."""
+        ...
+
+    async def unfinished(self) -> int:
+        """Admitted instructions not yet written or dropped, by any process: the
+        supply every process's instruction workers count on."""
         ...
 
     def work(self) -> AsyncIterator[PendingTask]:
@@ -182,7 +186,7 @@ class Pipeline:
         self._candidates_total = 0
         self._admitted_total = 0
         self._queued_candidates = 0  # parsed, waiting for admission
-        self._coordinated_admitted = 0  # admitted here, not yet taken from the coordinator
+        self._global_unfinished = 0  # a coordinator's admitted-not-finished count, polled
         self._finished_tasks = 0
         self._stop = asyncio.Event()  # target reached, budget hit or fatal error
         self._drain = asyncio.Event()  # a signal: finish in-flight work, start nothing new
@@ -265,9 +269,11 @@ class Pipeline:
         if self._prompts_answered == 0 and self._inflight_prompts > 0 and not self._in_progress:
             return False  # slow start: one request until the yield of a prompt is known
         rate = self._success_rate()
+        # Distributed: the run's unfinished admissions (every process's, in-progress
+        # ones included) replace the local count; each process adds its own requests.
+        backlog = self._in_progress if self.coordinator is None else self._global_unfinished
         expected = (
-            self._in_progress
-            + max(0, self._coordinated_admitted)
+            backlog
             + self._inflight_prompts * self._admitted_per_prompt
             + self._queued_candidates * self._admit_ratio
         )
@@ -399,8 +405,8 @@ class Pipeline:
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
                 if self.coordinator is not None:
-                    self._coordinated_admitted += 1  # handed out by the coordinator
-                    continue
+                    self._global_unfinished += 1  # until the next poll counts it
+                    continue  # the coordinator hands it out
                 self._in_progress += 1
                 await self._admitted.put(task)
             self._note_yield(len(batch), admitted_now)
@@ -622,10 +628,6 @@ class Pipeline:
     async def _feed_coordinated(self) -> None:
         assert self.coordinator is not None
         async for task in self.coordinator.work():
-            if task.admitted_here:
-                # May run before the admission consumer counted it (the entry is in
-                # Redis first), so the count can dip below zero for a moment.
-                self._coordinated_admitted -= 1
             self._in_progress += 1
             await self._admitted.put(task)  # bounded: the lease is taken only when there is room
 
@@ -636,6 +638,7 @@ class Pipeline:
             if self.remaining == 0:
                 self._request_stop("finished")
                 return
+            self._global_unfinished = await self.coordinator.unfinished()
             self._supply_changed.set()
             await asyncio.sleep(0.2)
 

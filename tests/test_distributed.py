@@ -103,7 +103,9 @@ async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
     assert outcomes.count("written") == target
     survivors_wrote = sum(len(_jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(2))
     victim_wrote = len(_jsonl(tmp_path / "victim" / "tasks.jsonl"))
-    assert victim_wrote + survivors_wrote >= target  # the victim may die after a commit
+    # Never more than the target on disk; the victim may have died between committing a
+    # task to Redis and appending it locally (the gathered run above has it).
+    assert target - 5 <= victim_wrote + survivors_wrote <= target
     client.close()
 
 
