@@ -44,8 +44,8 @@ from service.store import RUN_JSON, TASKS
 from service.verify import verify_run
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULTS = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01, "hang_rate": 0.01,
-          "truncate_rate": 0.02}
+FAULTS: dict[str, Any] = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01,
+                          "hang_rate": 0.01, "truncate_rate": 0.02}
 FD_SLACK = 4
 
 

@@ -50,8 +50,8 @@ from service.store import INSTRUCTIONS, JSONL_FILES, REJECTED, RUN_JSON, SEEDS, 
 from service.verify import PARSE, verify_run
 from tests.conftest import PYTHON, ROOT, make_config
 
-FAULTS = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01, "hang_rate": 0.01,
-          "truncate_rate": 0.02}
+FAULTS: dict[str, Any] = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01,
+                          "hang_rate": 0.01, "truncate_rate": 0.02}
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
