@@ -30,12 +30,20 @@ Formats (``input`` is the instance input, possibly empty):
     (and what prompt/completion fine-tuning expects: the prompt ends with a fixed separator,
     the completion starts with a space and ends with a fixed stop sequence).
 
+``prompt-completion``
+    the reference's fine-tuning file: each instance encoded with one of its prompt/
+    completion templates (7 with an input, 6 without, all ending in ``<|endoftext|>``),
+    chosen by a random generator seeded with ``seed`` (the same seed gives the same file).
+    Records keep the order of ``tasks.jsonl`` (the reference shuffles the whole file; shuffle
+    in your loader) and the reference's 50% input rewriting is not applied.
+
 where ``U`` = instruction + "\\n\\n" + input when input is non-empty, else the instruction.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +94,50 @@ def format_self_instruct(instruction: str, input_text: str, output: str) -> dict
     return {"prompt": prompt, "completion": f" {output}{END_OF_TEXT}"}
 
 
+# The reference's encoding templates (prompt, completion), as data.
+PROMPT_COMPLETION_WITH_INPUT = (
+    ("{instruction}\nInput: {input}\nOutput:", " {output}" + END_OF_TEXT),
+    ("{instruction}\n\nInput: {input}\n\nOutput:", " {output}" + END_OF_TEXT),
+    ("Task: {instruction}\nInput: {input}\nOutput:", " {output}" + END_OF_TEXT),
+    ("{instruction}\n\n{input}\n\nOutput:", " {output}" + END_OF_TEXT),
+    ("{instruction}\n\n{input}\n\n", "{output}" + END_OF_TEXT),
+    ("{instruction}\n{input}\n\n", "{output}" + END_OF_TEXT),
+    ("Task: {instruction}\n\n{input}\n\n", "{output}" + END_OF_TEXT),
+)
+PROMPT_COMPLETION_WITHOUT_INPUT = (
+    ("{instruction} Output:", " {output}" + END_OF_TEXT),
+    ("{instruction}\nOutput:", " {output}" + END_OF_TEXT),
+    ("{instruction}\n\nOutput:", " {output}" + END_OF_TEXT),
+    ("{instruction}\n", "{output}" + END_OF_TEXT),
+    ("{instruction}\n\n", "{output}" + END_OF_TEXT),
+    ("Task: {instruction}\n\n", "{output}" + END_OF_TEXT),
+)
+
+
+def prompt_completion_formatter(seed: int = 0) -> Formatter:
+    """The reference's randomly templated prompt/completion pairs, repeatably."""
+    rng = random.Random(seed)
+
+    def encode(instruction: str, input_text: str, output: str) -> dict[str, Any]:
+        templates = PROMPT_COMPLETION_WITH_INPUT if input_text.strip() else (
+            PROMPT_COMPLETION_WITHOUT_INPUT)
+        prompt, completion = rng.choice(templates)
+        # str.replace, not str.format: braces in generated text are data, never fields.
+        return {
+            "prompt": prompt.replace("{instruction}", instruction.strip()).replace(
+                "{input}", input_text.strip()),
+            "completion": completion.replace("{output}", output.strip()),
+        }
+
+    return encode
+
+
 FORMATS: dict[str, Formatter] = {
     "alpaca": format_alpaca,
     "sharegpt": format_sharegpt,
     "openai-chat": format_openai_chat,
     "self-instruct": format_self_instruct,
+    "prompt-completion": prompt_completion_formatter(),  # export_run makes a seeded one
 }
 DEFAULT_FORMAT = "alpaca"
 
@@ -176,6 +223,7 @@ def export_run(
     out: Path | str | None = None,
     *,
     include_seeds: bool = False,
+    seed: int = 0,
 ) -> ExportResult:
     """Export ``run_dir``'s tasks in format ``fmt`` to ``out`` (default ``run_dir/export/<fmt>.jsonl``).
 
@@ -185,7 +233,7 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    formatter = FORMATS[fmt]
+    formatter = prompt_completion_formatter(seed) if fmt == "prompt-completion" else FORMATS[fmt]
     root = Path(run_dir)
     if not root.is_dir():
         raise RunDirError(f"{root}: no such run directory")

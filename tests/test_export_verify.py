@@ -160,6 +160,11 @@ GOLDEN: dict[str, list[str]] = {
         '{"prompt":"Translate the given English sentence into French.\\nInput: Where is the train station?\\nOutput:","completion":" Où est la gare ?<|endoftext|>"}',
         '{"prompt":"Suggest three names for a new coffee shop in a small town.\\nOutput:","completion":" 1. The Daily Grind\\n2. Bean There<|endoftext|>"}',
     ],
+    "prompt-completion": [
+        '{"prompt":"Task: Translate the given English sentence into French.\\n\\nGood morning, my friend.\\n\\n","completion":"Bonjour, mon ami.<|endoftext|>"}',
+        '{"prompt":"Translate the given English sentence into French.\\n\\nWhere is the train station?\\n\\nOutput:","completion":" Où est la gare ?<|endoftext|>"}',
+        '{"prompt":"Suggest three names for a new coffee shop in a small town.\\n","completion":"1. The Daily Grind\\n2. Bean There<|endoftext|>"}',
+    ],
 }
 
 

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--include-seeds", action="store_true",
         help="also export the seed tasks recorded in the run directory (first)",
     )
+    parser.add_argument("--seed", type=int, default=0,
+                        help="prompt-completion: seeds the choice of templates (default 0)")
     parser.add_argument(
         "--redis", metavar="URL",
         help="a distributed run: first gather its seeds, admissions and tasks into DIR",
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         counts = gather_run(args.redis, args.run_id, args.run)
         print(f"gathered {counts['tasks']} tasks, {counts['instructions']} admissions and "
               f"{counts['seeds']} seeds of run '{args.run_id}' into {args.run}")
-    result = export_run(args.run, args.format, out, include_seeds=args.include_seeds)
+    result = export_run(args.run, args.format, out, include_seeds=args.include_seeds,
+                        seed=args.seed)
     print(f"exported {result.describe()}")
     return 0
