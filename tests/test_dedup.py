@@ -225,3 +225,64 @@ def test_unicode_tokens_split_cjk_by_character_and_keep_marks() -> None:
 def test_bad_pool_settings(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Pool(**kwargs)  # type: ignore[arg-type]
+
+
+# Golden pairs around the threshold: (a, b, rouge-score's F, rejected at 0.7 (>), at >= 0.7)
+GOLDEN_NEAR = [
+    ("a b c d e f g h i j", "a b c d e f g x y z", 0.7),
+    ("write a short poem about the sea", "write a short story about the sea", 0.8571428571428571),
+    ("one two three four five six seven", "one two three four five x y", 0.7142857142857143),
+    ("alpha beta gamma delta epsilon", "alpha beta gamma zeta eta theta", 0.5454545454545454),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), GOLDEN_NEAR)
+def test_golden_pairs_near_the_threshold(a: str, b: str, expected: float) -> None:
+    assert reference_f(a, b) == pytest.approx(expected, abs=1e-15)
+    assert ours(a, b) == reference_f(a, b)
+    for inclusive in (False, True):
+        pool = Pool(0.7, inclusive=inclusive)
+        pool.add(a)
+        assert pool.check(b).admitted is not exceeds(reference_f(a, b), 0.7, inclusive)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "!!! ... ???", "—–•", "\n\t"])
+def test_empty_and_punctuation_only_strings(text: str) -> None:
+    assert rouge_tokens(text) == tokenize.tokenize(text, None) == []
+    assert ours(text, "write a poem") == reference_f(text, "write a poem") == 0.0
+    pool = Pool()
+    pool.preload(["write a poem", text])
+    decision = pool.check(text)  # no tokens: F is 0 against everything, as rouge-score says
+    assert decision.admitted and decision.score == 0.0
+
+
+def test_very_long_strings() -> None:
+    rng = random.Random(2)
+    words = [f"w{i}" for i in range(500)]
+    a = " ".join(rng.choices(words, k=3000))
+    b_tokens = a.split()
+    for i in range(0, len(b_tokens), 7):
+        b_tokens[i] = "changed"
+    b = " ".join(b_tokens)
+    assert ours(a, b) == reference_f(a, b)
+    pool = Pool()
+    pool.add(a)
+    assert pool.check(b).admitted is not (reference_f(a, b) > 0.7)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("Напишите короткое стихотворение о море", "Напишите короткое стихотворение о море."),
+     ("写一首关于大海的短诗", "写一首关于大海的诗"),
+     ("café au lait recipe please", "cafe au lait recipe please")],
+)
+def test_non_latin_text_with_both_tokenizers(a: str, b: str) -> None:
+    # rouge tokenizer: exactly rouge-score's view (non-Latin letters vanish)
+    assert ours(a, b) == reference_f(a, b)
+    rouge_pool = Pool(tokenizer="rouge")
+    rouge_pool.add(a)
+    assert rouge_pool.check(b).admitted is not (reference_f(a, b) > 0.7)
+    # unicode tokenizer: the words are seen, and these near-copies are caught
+    unicode_pool = Pool(tokenizer="unicode")
+    unicode_pool.add(a)
+    assert not unicode_pool.check(b).admitted
