@@ -199,6 +199,11 @@ class RunDir:
                 repair = repair_torn_tail(root / name)
                 if repair is not None:
                     run.repairs.append(repair)
+            # Temporary files of an atomic write that a crash interrupted: never read,
+            # and no other process can be writing them while we hold the lock.
+            for stale in root.glob(".*.tmp"):
+                if stale.name.startswith((f".{RUN_JSON}.", f".{SEEDS}.")):
+                    stale.unlink(missing_ok=True)
         except BaseException:
             run.close()
             raise

@@ -414,6 +414,8 @@ async def test_kill_9_twenty_times_then_resume_keeps_every_guarantee(tmp_path: P
             shutil.copytree(out, copy)
             with RunDir.open(copy) as repaired:
                 assert sorted(r.file for r in repaired.repairs) == sorted(torn)
+            assert not list(copy.glob("*.tmp")) and not list(copy.glob(".*.tmp")), \
+                "a crashed atomic write's temporary file was left behind"
             # The seed tasks are recorded whole or not at all: a resume must never go on
             # from a part of them.
             assert len(lines(copy / SEEDS)) in (0, n_seeds), \
@@ -438,6 +440,8 @@ async def test_kill_9_twenty_times_then_resume_keeps_every_guarantee(tmp_path: P
             assert len(lines(copy / SEEDS)) in (0, n_seeds), "seed tasks recorded in part"
         assert kinds["mid-write"] + kinds["mid-seeds"] == 8 and sum(kinds.values()) == 20
         assert torn_seen >= 4, f"only {torn_seen} kills left a torn record"
+        # What a kill inside an atomic write leaves (rare to hit by chance): cleaned up.
+        (out / f".{RUN_JSON}.4242.tmp").write_bytes(b'{"status": "runn')
         # The last resume runs to a target a little beyond what exists, and finishes.
         final_target = len(before_tasks) + 25
         process = await _spawn(sim.base_url, out, final_target, torn=False)
@@ -445,6 +449,7 @@ async def test_kill_9_twenty_times_then_resume_keeps_every_guarantee(tmp_path: P
         assert process.returncode == 0, stderr.decode()
     report = verify_run(out)
     assert report.ok, report.summary()
+    assert not list(out.glob(".*.tmp"))
     admitted, tasks = _check_admission_log(out)
     assert len(tasks) == final_target
     assert admitted[: len(before_admitted)] == before_admitted
