@@ -143,6 +143,8 @@ class Config:
     dedup_index: Literal["exact", "lsh64", "lsh128"] = "exact"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
+    # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     # embedded local model
     local_model: Path | None = None
@@ -311,7 +313,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 _FILTER_TYPES = {f.name: f.type for f in fields(FilterConfig)}
 _STAGE_TYPES = {f.name: f.type for f in fields(StageConfig)}
 # Keys that are not simple scalars and so have no SELFINSTRUCT_ env variable of their own.
-_NESTED = {"filters", "stages"}
+_NESTED = {"filters", "stages", "prices"}
 
 
 def env_name(key: str) -> str:
@@ -380,6 +382,9 @@ def load_config(
                             full, _STAGE_TYPES[skey], sval, src
                         )
                         sources[full] = src
+            elif key == "prices":
+                values["prices"] = _read_prices(raw, src)
+                sources["prices"] = src
             elif key in _FIELD_TYPES:
                 values[key] = _coerce(key, _FIELD_TYPES[key], raw, src)
                 sources[key] = src
@@ -421,6 +426,28 @@ def load_config(
     return config, sources
 
 
+def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
+    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5`` (USD per 1M tokens)."""
+    if not isinstance(raw, dict):
+        raise _fail("prices", src, raw, "a table of models")
+    prices: dict[str, tuple[float, float]] = {}
+    for model, table in raw.items():
+        key = f"prices.{model}"
+        if not isinstance(table, dict):
+            raise _fail(key, src, table, "a table with input_per_1m and output_per_1m")
+        unknown = set(table) - {"input_per_1m", "output_per_1m"}
+        if unknown:
+            raise ConfigError(f"config key '{key}.{sorted(unknown)[0]}' ({src}): unknown key")
+        pair = []
+        for side in ("input_per_1m", "output_per_1m"):
+            value = table.get(side, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise _fail(f"{key}.{side}", src, value, "a number >= 0")
+            pair.append(float(value))
+        prices[str(model)] = (pair[0], pair[1])
+    return prices
+
+
 def _check_consistency(config: Config) -> None:
     if config.num_machine_instructions > config.num_prompt_instructions:
         raise ConfigError(
@@ -452,6 +479,10 @@ def render(config: Config, sources: Mapping[str, str]) -> str:
     for stage, stage_values in data["stages"].items():
         lines += ["", f"[stages.{stage}]"]
         lines += [line(k, v, f"stages.{stage}.{k}") for k, v in stage_values.items()]
+    for model, (input_price, output_price) in config.prices.items():
+        note = f"  # {sources['prices']}" if "prices" in sources else ""
+        lines += ["", f"[prices.{json.dumps(model)}]{note}",
+                  f"input_per_1m = {input_price!r}", f"output_per_1m = {output_price!r}"]
     return "\n".join(lines) + "\n"
 
 

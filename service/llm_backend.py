@@ -22,6 +22,7 @@ from service.llm import (
     ClientSettings,
     LimiterSettings,
     LLMClient,
+    Price,
     RetrySettings,
     install_uvloop,
 )
@@ -120,6 +121,7 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
         retry=RetrySettings(max_attempts=config.max_attempts,
                             request_timeout_s=config.request_timeout,
                             deadline_s=config.deadline),
+        prices={model: Price(i, o) for model, (i, o) in config.prices.items()},
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,

@@ -119,3 +119,26 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.target = 5  # type: ignore[misc]
+
+
+def test_price_table_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[prices."gpt-x"]\ninput_per_1m = 0.5\noutput_per_1m = 1.5\n'
+                    '[prices.small]\ninput_per_1m = 0.1\n')
+    config, sources = load_config(config_file=path, env={})
+    assert config.prices == {"gpt-x": (0.5, 1.5), "small": (0.1, 0.0)}
+    assert '[prices."gpt-x"]' in render(config, sources)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [('prices = 3\n', "config key 'prices'"),
+     ('[prices.m]\ninput_per_1m = -1\n', "config key 'prices.m.input_per_1m'"),
+     ('[prices.m]\ninput_per_1m = "x"\n', "config key 'prices.m.input_per_1m'"),
+     ('[prices.m]\ncost = 1\n', "config key 'prices.m.cost'")],
+)
+def test_bad_price_table(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(config_file=path, env={})

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from service.run import run_generate
 from service.simulator import SimSettings, SimulatedServer
@@ -128,4 +129,23 @@ async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     run = json.loads((out / RUN_JSON).read_text())
     assert run["status"] == "interrupted"
     assert run["counters"]["tasks_written"] == len(lines(out / TASKS))
+    assert verify_run(out).ok
+
+
+async def test_cost_from_price_table_and_budget_stops_new_calls(sim: SimulatedServer,
+                                                               tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    out = tmp_path / "run"
+    config = replace(make_config(out, sim.base_url, target=100000, budget_usd=0.05),
+                     prices={"sim": (1.0, 2.0)})
+    result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "budget"
+    run = json.loads((out / RUN_JSON).read_text())
+    usage = run["usage"]
+    tokens = usage["tokens"]
+    expected = (tokens["prompt"] * 1.0 + tokens["completion"] * 2.0) / 1_000_000
+    assert usage["cost_usd"] == pytest.approx(expected, rel=1e-6)
+    # New calls stop at the cap; calls already in flight may finish a little past it.
+    assert 0.05 <= usage["cost_usd"] < 0.5
     assert verify_run(out).ok
