@@ -42,10 +42,16 @@ unit: setup
 # Sets up, then runs the whole suite: lint, strict types, and every test.
 test: setup redis-server lint typecheck unit
 
+# Each writes its section of benchmarks/RESULTS.md; together about an hour here.
 bench: setup
-	$(PY) -m benchmarks.dedup --quick
+	$(PY) -m benchmarks.dedup
 	$(PY) -m benchmarks.limiters
 	$(PY) -m benchmarks.endpoint
+	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.scaleout
+	$(PY) -m benchmarks.local_model
+	$(PY) -m benchmarks.soak --minutes 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
