@@ -423,6 +423,12 @@ async def scripted() -> AsyncIterator[tuple[_Scripted, str]]:
                                                          "1e308", "Wed, 21 Oct 2015 07:28:00 GMT"]),
                              st.text(alphabet=string.ascii_letters + string.digits + " .,:-",
                                      max_size=20)))
+@example(status=200, body=b'{"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}], '
+                      b'"usage": {"prompt_tokens": -5, "completion_tokens": -70000}}',
+         stream=False, sse=b"", chat=False, n_prompts=1, retry_after=None)
+@example(status=200, body=b'{"choices": [{"index": 0, "text": "a"}], "usage": '
+                      b'{"prompt_tokens": 1e300, "completion_tokens": "12"}}',
+         stream=False, sse=b"", chat=False, n_prompts=1, retry_after=None)
 async def test_client_turns_any_response_into_a_result_or_an_llm_error(
         scripted: tuple[_Scripted, str], status: int, body: bytes, stream: bool, sse: bytes,
         chat: bool, n_prompts: int, retry_after: str | None) -> None:
@@ -450,6 +456,7 @@ async def test_client_turns_any_response_into_a_result_or_an_llm_error(
         assert len(result.choices) == expected
         assert all(isinstance(c.text, str) for c in result.choices)
         assert result.usage.prompt_tokens >= 0 and result.usage.completion_tokens >= 0
+        assert client.accounting.total_tokens >= 0 and client.accounting.cost_usd >= 0
         # the limiter was settled with what the answer said it cost, and is usable again
         assert client.limiter.snapshot() is not None
 

@@ -399,7 +399,9 @@ def _parse(
         raise BadResponse(f"expected choice indices 0..{n_prompts * n - 1}, got {[ch.index for ch in choices]}")
     raw_usage = data.get("usage")
     if isinstance(raw_usage, dict) and "prompt_tokens" in raw_usage:
-        usage = Usage(int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0))
+        # Negative counts would credit the budget and the limiter: a server cannot do that.
+        usage = Usage(max(0, int(raw_usage.get("prompt_tokens") or 0)),
+                      max(0, int(raw_usage.get("completion_tokens") or 0)))
     else:  # servers that omit usage: estimate, so budgets and the limiter still see tokens
         prompt_text = body.get("prompt")
         prompts = [prompt_text] if isinstance(prompt_text, str) else list(prompt_text or [])
