@@ -47,7 +47,13 @@ from service.stages.instances import parse_input_first, parse_output_first  # no
 from service.stages.instructions import parse_instruction_items  # noqa: E402
 
 FILTERS = Config().filters
-_SCRATCH = Path(tempfile.mkdtemp(prefix="fuzz-parsers-"))
+_scratch: list[Path] = []  # one temporary directory, made on first use
+
+
+def _scratch_file(name: str) -> Path:
+    if not _scratch:
+        _scratch.append(Path(tempfile.mkdtemp(prefix="fuzz-parsers-")))
+    return _scratch[0] / name
 
 
 def _check_instances(instances: list[Instance]) -> None:
@@ -84,7 +90,7 @@ def test_one_input(data: bytes) -> None:
     elif target == 3:
         _check_instances(parse_output_first(text))
     elif target == 4:
-        path = _SCRATCH / "seeds.jsonl"
+        path = _scratch_file("seeds.jsonl")
         path.write_bytes(payload)
         try:
             tasks = load_seed_tasks(path)
@@ -93,7 +99,7 @@ def test_one_input(data: bytes) -> None:
         if not tasks or any(not t.instruction.strip() for t in tasks):
             raise AssertionError("seed loader returned an empty task list or instruction")
     elif target == 5:
-        path = _SCRATCH / "config.toml"
+        path = _scratch_file("config.toml")
         path.write_bytes(payload)
         try:
             load_config(env={}, config_file=path)

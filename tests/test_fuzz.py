@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import string
 import sys
 from collections.abc import AsyncIterator
@@ -530,7 +531,11 @@ def test_fuzz_target_runs_without_atheris() -> None:
     before = "atheris" in sys.modules
     spec.loader.exec_module(module)
     assert ("atheris" in sys.modules) == before
-    for data in (b"", b"\x00" * 10, b"\x01Example 1\nInput: a\nOutput: b",
-                 b"\x03Class label: x\nInput: y", b"\x00 first\n10. second", b"\xff" * 64):
-        module.test_one_input(data)
+    for target in range(7):
+        for payload in (b"", b"\x00" * 10, b"Example 1\nInput: a\nOutput: b",
+                        b"Class label: x\nInput: y", b" first\n10. second", b"\xff" * 64,
+                        b"[" * 3000, b'{"instruction": "x"}\n', b"target = 5\n"):
+            module.test_one_input(bytes([target]) + payload)
+    for path in module._scratch:
+        shutil.rmtree(path, ignore_errors=True)
 
