@@ -114,3 +114,16 @@ def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted"
+
+
+def test_bench_against_the_local_server() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "bench", "--requests", "6", "--concurrency", "3",
+         "--max-tokens", "16", "--json", "--quiet"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["calls"] == 6
+    assert report["ok"] == 6
+    assert report["outcomes"].get("200") == report["ok"]
