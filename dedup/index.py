@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -61,6 +61,18 @@ def sorted_unique(values: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
 
 def element_key(char: str, k: int) -> Element:
     return char if k == 1 else (char, k)
+
+
+def _post(postings: dict[Element, array[int]], entry: int,
+          occurrences: Iterable[tuple[str, int]]) -> None:
+    """Append ``entry`` to the postings of each token occurrence."""
+    for char, k in occurrences:
+        key = element_key(char, k)
+        bucket = postings.get(key)
+        if bucket is None:
+            postings[key] = array("i", [entry])
+        else:
+            bucket.append(entry)
 
 
 def min_overlap(length: int, threshold: float) -> int:
@@ -111,14 +123,7 @@ class PrefixIndex:
         return self._sorted_elements(code)[: max(1, min(n, size))]
 
     def add(self, entry: int, code: str) -> None:
-        postings = self._postings
-        for char, k in self._prefix(code):
-            key = element_key(char, k)
-            bucket = postings.get(key)
-            if bucket is None:
-                postings[key] = array("i", [entry])
-            else:
-                bucket.append(entry)
+        _post(self._postings, entry, self._prefix(code))
         if entry + 1 >= max(_REBUILD_MIN, 2 * self._built_at):
             self._rebuild(entry + 1)
 
@@ -131,13 +136,7 @@ class PrefixIndex:
         self._built_at = count
         postings: dict[Element, array[int]] = {}
         for entry, code in enumerate(self._codes[:count]):
-            for char, k in self._prefix(code):
-                key = element_key(char, k)
-                bucket = postings.get(key)
-                if bucket is None:
-                    postings[key] = array("i", [entry])
-                else:
-                    bucket.append(entry)
+            _post(postings, entry, self._prefix(code))
         self._postings = postings
 
     def candidates(self, code: str) -> npt.NDArray[np.int32]:
@@ -206,14 +205,7 @@ class FullIndex:
         self._lengths = array("i")
 
     def add(self, entry: int, code: str) -> None:
-        postings = self._postings
-        for char, k in elements(code):
-            key = element_key(char, k)
-            bucket = postings.get(key)
-            if bucket is None:
-                postings[key] = array("i", [entry])
-            else:
-                bucket.append(entry)
+        _post(self._postings, entry, elements(code))
         self._lengths.append(len(code))
 
     def overlap(self, code: str) -> npt.NDArray[np.int64]:
