@@ -30,37 +30,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from service.errors import ConfigError
+from service.secret import Secret as Secret  # re-exported: config users import it here
 
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
-
-
-class Secret:
-    """A string that never shows itself in repr/str/logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from service.llm import (
     RetrySettings,
     install_uvloop,
 )
-from service.llm import Secret as ClientSecret
 from service.llm.accounting import Accounting
 from service.llm.limiter import RateLimiter
 
@@ -111,10 +110,9 @@ def _first(choices: Sequence[Any]) -> Choice:
 
 
 def client_settings(config: Config, base_url: str) -> ClientSettings:
-    key = config.api_key.get() if config.api_key is not None else None
     return ClientSettings(
         base_url=base_url,
-        api_key=ClientSecret(key) if key else None,
+        api_key=config.api_key,
         model=config.model or DEFAULT_MODEL,
         limiter=LimiterSettings(rpm=config.rpm, tpm=config.tpm,
                                 max_in_flight=config.max_in_flight),

@@ -1,42 +1,14 @@
-"""A string that never shows itself: repr/str give '***'; only :meth:`reveal` gives the value."""
+"""Redaction helpers; :class:`Secret` itself lives in :mod:`service.secret`."""
 
 from __future__ import annotations
 
-from typing import Final
+from service.secret import MASK, Secret
 
-_MASK: Final = "***"
-
-
-class Secret:
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __str__(self) -> str:
-        return _MASK
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> tuple[object, ...]:  # pickling would leak the value into files
-        raise TypeError("Secret values cannot be pickled")
+__all__ = ["Secret", "redact"]
 
 
 def redact(text: str, secret: Secret | None) -> str:
     """Replace every occurrence of the secret (and a Bearer header) in ``text``."""
     if secret is not None and secret.reveal():
-        text = text.replace(secret.reveal(), _MASK)
+        text = text.replace(secret.reveal(), MASK)
     return text
