@@ -14,6 +14,14 @@ Supply control: instruction workers only ask for more instructions while the exp
 yield of the work already under way falls short of the target, so a run overshoots by
 a few instructions, not by a whole wave of requests. Admitted instructions that a run
 stops before finishing stay in instructions.jsonl and are picked up by the next run.
+
+Repeatable runs: with ``max_in_flight == 1`` (and no coordinator) the stages take turns
+as in the reference: ask for instructions, admit them, finish every admitted task, then
+ask again. Nothing then depends on when answers arrive or when the dedup thread
+finishes, so with a fixed ``seed``, the same seed tasks and settings and a deterministic
+endpoint, tasks.jsonl, instructions.jsonl and rejected.jsonl come out the same byte for
+byte (run.json differs in its timings). With more requests in flight, admission follows
+the order answers arrive in, which no seed fixes.
 """
 
 from __future__ import annotations
@@ -175,6 +183,9 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self._next_task_number = 1
         self._pending_resume: list[PendingTask] = []
+        # Set once the resumed backlog is queued: new admissions queue behind it, so a
+        # resumed run finishes what the last one left before anything it admits itself.
+        self._pending_fed = asyncio.Event()
         self._in_progress = 0  # admitted, not yet written or rejected
         self._inflight_prompts = 0
         # Supply control estimates; the start guesses are deliberately high (a list
@@ -186,6 +197,9 @@ class Pipeline:
         self._candidates_total = 0
         self._admitted_total = 0
         self._queued_candidates = 0  # parsed, waiting for admission
+        self._batches_unadmitted = 0  # candidate batches not yet through admission
+        # One request at a time: take turns (see the module docstring), so runs repeat.
+        self.sequential = config.max_in_flight == 1 and coordinator is None
         self._global_unfinished = 0  # a coordinator's admitted-not-finished count, polled
         self._finished_tasks = 0
         self._stop = asyncio.Event()  # target reached, budget hit or fatal error
@@ -268,6 +282,9 @@ class Pipeline:
             return False
         if self._prompts_answered == 0 and self._inflight_prompts > 0 and not self._in_progress:
             return False  # slow start: one request until the yield of a prompt is known
+        if self.sequential and (self._in_progress or self._batches_unadmitted
+                                or self._inflight_prompts):
+            return False  # taking turns: the last batch is admitted and finished first
         rate = self._success_rate()
         # Distributed: the run's unfinished admissions (every process's, in-progress
         # ones included) replace the local count; each process adds its own requests.
@@ -348,6 +365,7 @@ class Pipeline:
                 batch.extend(self._candidates_from(choice, prompt))
             # Bounded queue: blocks while admission is behind (back-pressure).
             self._queued_candidates += len(batch)
+            self._batches_unadmitted += 1
             await self._candidates.put(batch)
 
     def _candidates_from(
@@ -382,6 +400,7 @@ class Pipeline:
             batch = await self._candidates.get()
             self._queued_candidates -= len(batch)
             if not batch:
+                self._batches_unadmitted -= 1
                 self._note_yield(0, 0)
                 continue
             texts = [t for t, _ in batch]
@@ -408,7 +427,10 @@ class Pipeline:
                     self._global_unfinished += 1  # until the next poll counts it
                     continue  # the coordinator hands it out
                 self._in_progress += 1
+                if not self._pending_fed.is_set():
+                    await self._pending_fed.wait()
                 await self._admitted.put(task)
+            self._batches_unadmitted -= 1
             self._note_yield(len(batch), admitted_now)
 
     def _note_yield(self, candidates: int, admitted: int) -> None:
@@ -643,8 +665,11 @@ class Pipeline:
             await asyncio.sleep(0.2)
 
     async def _feed_pending(self) -> None:
-        for task in self._pending_resume:
-            await self._admitted.put(task)
+        try:
+            for task in self._pending_resume:
+                await self._admitted.put(task)
+        finally:
+            self._pending_fed.set()
 
     async def _wait_until_done(self) -> None:
         stop = asyncio.create_task(self._stop.wait())

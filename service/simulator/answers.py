@@ -24,6 +24,13 @@ List items: a grammar of verbs x objects x qualifiers (hundreds of thousands of 
 ROUGE-L > 0.7) of a small shared family; a ``bad_item_rate`` share are items the
 Self-Instruct filters must drop (blacklisted words, "Write a program", leading
 punctuation, <= 3 words, > 150 words, non-ASCII first character).
+
+Instance answers: a ``bad_item_rate`` share of them are faulty in one of the ways the
+instance filters catch (:func:`bad_instances`): an output equal to its input, an empty
+output, an output ending with a colon, a repeated example, one input given two different
+outputs (the task is dropped), more than 5 examples, no example at all (the task is
+dropped), or a rambling answer longer than the instance stage's max_tokens (cut with
+``finish_reason == "length"``; the task is dropped as truncated).
 """
 
 from __future__ import annotations
@@ -76,10 +83,13 @@ def answer(prompt_text: str, rng: random.Random, settings: AnswerSettings) -> st
         return _continue_list(int(match.group(1)), _wants_classification(lines), rng, settings)
     if kind == "classify":
         return " Yes" if looks_like_classification(_task_line(lines[:-1])) else " No"
-    if kind == "output_first":
-        return _output_first(lines[-1][len(TASK_PREFIX):].strip(), rng)
-    if kind == "input_first":
-        return _input_first(lines[-1][len(TASK_PREFIX):].strip(), rng)
+    if kind in ("output_first", "input_first"):
+        task = lines[-1][len(TASK_PREFIX):].strip()
+        classification = kind == "output_first"
+        # Drawn only when bad answers are asked for: without them, answers stay as before.
+        if settings.bad_item_rate > 0 and rng.random() < settings.bad_item_rate:
+            return bad_instances(task, rng, classification)
+        return _output_first(task, rng) if classification else _input_first(task, rng)
     return generic_paragraph(rng)
 
 
@@ -393,3 +403,64 @@ def generic_paragraph(rng: random.Random, sentences: int | None = None) -> str:
     out = [f"{_pick(rng, _OPENERS)} {_pick(rng, _CLAIMS)}."]
     out += [_pick(rng, _FOLLOWS) for _ in range(count - 1)]
     return " " + " ".join(out)
+
+
+# --------------------------------------------------------------------------- bad instances
+BAD_INSTANCE_KINDS = ("same_as_input", "empty_output", "colon", "duplicate", "conflicting",
+                      "too_many", "none", "rambling")
+RAMBLING_CHARS = 3000  # beyond any usual instance max_tokens (300-350 tokens, ~4 chars each)
+
+
+def _distinct_inputs(rng: random.Random, count: int) -> list[str]:
+    inputs: list[str] = []
+    while len(inputs) < count:
+        text = input_text(rng)
+        if text not in inputs:
+            inputs.append(text)
+    return inputs
+
+
+def _format_instances(pairs: list[tuple[str, str]], classification: bool) -> str:
+    if classification:
+        return "\n\n".join(f"{CLASS_LABEL} {out}\nInput: {inp}".replace(" \n", "\n")
+                           for inp, out in pairs)
+    return "\n\n".join(f"Example {k}\nInput: {inp}\nOutput: {out}".rstrip()
+                       for k, (inp, out) in enumerate(pairs, start=1))
+
+
+def bad_instances(task: str, rng: random.Random, classification: bool = False) -> str:
+    """An instance answer the instance filters (or the truncation rule) must catch, of one
+    of :data:`BAD_INSTANCE_KINDS`; output-first format for classification tasks."""
+    # The output-first parser skips an example without a label, so an empty output can
+    # only come from an input-first answer.
+    kinds = [k for k in BAD_INSTANCE_KINDS if not (classification and k == "empty_output")]
+    kind = _pick(rng, kinds)
+    labels = labels_for(task) if classification else []
+
+    def output(k: int) -> str:
+        return labels[k % len(labels)] if classification else _pick(rng, _FOLLOWS)
+
+    if kind == "none":
+        return " I am not sure what examples would suit this task."
+    if kind == "rambling":
+        parts: list[str] = []
+        while sum(len(p) for p in parts) < RAMBLING_CHARS:
+            parts.append(generic_paragraph(rng, sentences=4).strip())
+        return _format_instances([(input_text(rng), " ".join(parts))], classification)
+    if kind == "too_many":
+        inputs = _distinct_inputs(rng, 6)
+        return _format_instances([(inp, output(k)) for k, inp in enumerate(inputs)], classification)
+    first, second = _distinct_inputs(rng, 2)
+    good = [(first, output(0)), (second, output(1))]
+    if kind == "same_as_input":
+        bad = (second, second)
+    elif kind == "empty_output":
+        bad = (second, "")
+    elif kind == "colon":
+        bad = (second, "Here is the answer:")
+    elif kind == "duplicate":
+        bad = good[0]
+    else:  # conflicting: the first input again, with another output
+        other = labels[1 % len(labels)] if classification and len(set(labels)) > 1 else None
+        bad = (first, other if other and other != good[0][1] else "A different answer entirely.")
+    return _format_instances([*good, bad], classification)
