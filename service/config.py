@@ -114,7 +114,8 @@ class Config:
     threshold: float = 0.7
     inclusive_threshold: bool = False
     tokenizer: Literal["rouge", "unicode"] = "rouge"
-    dedup_index: Literal["exact", "lsh64", "lsh128"] = "exact"
+    # "brute" scores every pool entry, as the reference did (slow; for comparisons)
+    dedup_index: Literal["exact", "lsh64", "lsh128", "brute"] = "exact"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
@@ -198,7 +199,7 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
         literal_args = {
             "api": get_args(ApiKind),
             "tokenizer": ("rouge", "unicode"),
-            "dedup_index": ("exact", "lsh64", "lsh128"),
+            "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
         }.get(name, ())
     if literal_args:
         if value not in literal_args:
