@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,7 @@ import aiohttp
 import orjson
 
 from service.llm.accounting import Accounting
+from service.llm.constants import KEEPALIVE_S
 from service.llm.errors import (
     BadResponse,
     ClientRequestError,
@@ -32,6 +34,8 @@ from service.llm.errors import (
     ServerError,
     error_kind,
 )
+from service.llm.http import HTTPPool
+from service.llm.http import supports as http_supports
 from service.llm.limiter import Permit, RateLimiter
 from service.llm.retry import (
     is_context_length_error,
@@ -52,6 +56,8 @@ from service.llm.tokens import (
 from service.llm.types import Choice, Result, Usage
 
 Message = Mapping[str, str]
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+_by_index = attrgetter("index")
 
 
 class LLMClient:
@@ -70,16 +76,45 @@ class LLMClient:
         self.accounting = accounting or Accounting(settings.prices, settings.budget)
         self._rng = random.Random(settings.jitter_seed)
         self._session: aiohttp.ClientSession | None = None
+        # Non-streaming calls go through the lean pool (service.llm.http) when the URL
+        # allows; streaming, unusual URLs and redirects use the aiohttp session.
+        self._pool: HTTPPool | None = None
+        self._pool_ok = http_supports(settings.base_url) and not any(
+            "\r" in v or "\n" in v for v in self._headers().values())
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.settings.base_url!r}, model={self.settings.model!r})"
 
     # ------------------------------------------------------------------ lifecycle
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": self.settings.user_agent}
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key.reveal()}"
+        return headers
+
+    def _get_pool(self) -> HTTPPool | None:
+        pool = self._pool
+        if pool is None or pool.closed:
+            if not self._pool_ok:
+                return None
+            pool = self._pool = HTTPPool(self.settings.base_url, self._headers(),
+                                         limit=self.settings.limiter.max_in_flight,
+                                         keepalive_s=KEEPALIVE_S)
+        return pool
+
+    def _client_timeout(self, timeout: float) -> aiohttp.ClientTimeout:
+        cached = self._timeouts.get(timeout)
+        if cached is None:
+            cached = aiohttp.ClientTimeout(
+                total=timeout, sock_connect=min(timeout, self.settings.retry.connect_timeout_s))
+            if len(self._timeouts) < 64:  # deadline-clamped values vary: keep a few
+                self._timeouts[timeout] = cached
+        return cached
+
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Content-Type": "application/json", "User-Agent": self.settings.user_agent}
-            if self.settings.api_key:
-                headers["Authorization"] = f"Bearer {self.settings.api_key.reveal()}"
+            headers = self._headers()
             connector = aiohttp.TCPConnector(
                 limit=self.settings.limiter.max_in_flight, limit_per_host=0, ttl_dns_cache=300
             )
@@ -89,6 +124,9 @@ class LLMClient:
         return self._session
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -222,7 +260,8 @@ class LLMClient:
                 ) from None
             try:
                 timeout = retry.request_timeout_s if remaining is None else min(retry.request_timeout_s, remaining)
-                result = await self._attempt(path, body, permit, timeout, n_prompts, n, chat)
+                result = await self._attempt(path, body, permit, timeout, n_prompts, n, chat,
+                                             attempt, started)
             except LLMError as exc:
                 kind = error_kind(exc)
                 if isinstance(exc, RateLimitError):
@@ -250,8 +289,7 @@ class LLMClient:
                 self.accounting.record_retry(kind)
             else:
                 self.accounting.record_call(True, "ok", result.latency_s, result.ttft_s)
-                return _with(result, attempts=attempt, max_tokens=int(body["max_tokens"]),
-                             total_s=time.perf_counter() - started)
+                return result
             finally:
                 permit.release()
             if delay > 0:
@@ -259,28 +297,46 @@ class LLMClient:
 
     async def _attempt(
         self, path: str, body: dict[str, Any], permit: Permit, timeout: float,
-        n_prompts: int, n: int, chat: bool,
+        n_prompts: int, n: int, chat: bool, attempt: int, started: float,
     ) -> Result:
-        session = self._get_session()
         url = self.settings.base_url + path
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeout, sock_connect=min(timeout, self.settings.retry.connect_timeout_s)
-        )
         t0 = time.perf_counter()
         stream = bool(body.get("stream"))
+        pool = None if stream else self._get_pool()
+        data: Any = None
+        ttft: float | None = None
         try:
-            async with session.post(url, data=orjson.dumps(body), timeout=client_timeout) as resp:
-                self.limiter.on_headers(resp.headers)
-                if resp.status != 200:
-                    self.accounting.record_attempt(str(resp.status))
-                    raw = await resp.read()
-                    raise self._status_error(resp.status, raw, resp.headers, url)
-                if stream:
-                    data, ttft = await _read_sse(resp, t0, chat)
+            if pool is not None:
+                status, headers, raw = await pool.post(
+                    path, orjson.dumps(body), timeout,
+                    min(timeout, self.settings.retry.connect_timeout_s))
+                if status in _REDIRECTS:
+                    # aiohttp follows redirects: from now on every call goes through it
+                    self._pool_ok = False
+                    pool.close()
+                    self._pool = pool = None
                 else:
-                    data, ttft = orjson.loads(await resp.read()), None
-                latency = time.perf_counter() - t0
-                result = _parse(data, body, n_prompts, n, chat, latency, ttft)
+                    self.limiter.on_headers(headers)
+                    if status != 200:
+                        self.accounting.record_attempt(str(status))
+                        raise self._status_error(status, raw, headers, url)
+                    data = orjson.loads(raw)
+            if pool is None:
+                left = max(0.001, timeout - (time.perf_counter() - t0))
+                session = self._get_session()
+                async with session.post(url, data=orjson.dumps(body),
+                                        timeout=self._client_timeout(left)) as resp:
+                    self.limiter.on_headers(resp.headers)
+                    if resp.status != 200:
+                        self.accounting.record_attempt(str(resp.status))
+                        raw = await resp.read()
+                        raise self._status_error(resp.status, raw, resp.headers, url)
+                    if stream:
+                        data, ttft = await _read_sse(resp, t0, chat)
+                    else:
+                        data = orjson.loads(await resp.read())
+            latency = time.perf_counter() - t0
+            result = _parse(data, body, n_prompts, n, chat, latency, ttft, attempt, started)
         except BadResponse as exc:  # from the stream reader or the shape checks
             self.accounting.record_attempt(BadResponse.kind)
             raise BadResponse(self._clean(str(exc))) from None
@@ -300,8 +356,9 @@ class LLMClient:
             self.accounting.record_attempt(BadResponse.kind)
             raise BadResponse(self._clean(f"unusable response body from {url}: {type(exc).__name__}: {exc}")) from None
         self.accounting.record_attempt("200")
-        self.accounting.record_usage(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
-        permit.settle(result.usage.total_tokens)
+        usage = result.usage
+        self.accounting.record_usage(result.model, usage.prompt_tokens, usage.completion_tokens)
+        permit.settle(usage.prompt_tokens + usage.completion_tokens)
         return result
 
     def _clean(self, text: str) -> str:
@@ -382,7 +439,7 @@ async def _read_sse(resp: aiohttp.ClientResponse, t0: float, chat: bool) -> tupl
 
 def _parse(
     data: Any, body: Mapping[str, Any], n_prompts: int, n: int, chat: bool,
-    latency: float, ttft: float | None,
+    latency: float, ttft: float | None, attempts: int = 1, started: float | None = None,
 ) -> Result:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise BadResponse("response has no 'choices' list")
@@ -394,7 +451,7 @@ def _parse(
             raise BadResponse("choice text is not a string")
         choices.append(Choice(text=text, finish_reason=c.get("finish_reason"), index=idx,
                               prompt_index=idx // n))
-    choices.sort(key=lambda ch: ch.index)
+    choices.sort(key=_by_index)
     if {ch.index for ch in choices} != set(range(n_prompts * n)):
         raise BadResponse(f"expected choice indices 0..{n_prompts * n - 1}, got {[ch.index for ch in choices]}")
     raw_usage = data.get("usage")
@@ -413,13 +470,9 @@ def _parse(
         usage=usage,
         latency_s=latency,
         ttft_s=ttft,
+        attempts=attempts,
+        max_tokens=int(body["max_tokens"]),
         n_prompts=n_prompts,
         id=data.get("id"),
+        extra={} if started is None else {"total_s": round(time.perf_counter() - started, 6)},
     )
-
-
-def _with(result: Result, *, attempts: int, max_tokens: int, total_s: float) -> Result:
-    from dataclasses import replace
-
-    return replace(result, attempts=attempts, max_tokens=max_tokens,
-                   extra={**result.extra, "total_s": round(total_s, 6)})

@@ -16,6 +16,7 @@ MAX_RETRY_AFTER_S = 120.0  # a server asking for more is capped (and the deadlin
 # Timeouts
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_S = 15.0  # idle pooled connections are closed after this (aiohttp's default)
 DEFAULT_DEADLINE_S = 600.0
 
 # Limiter

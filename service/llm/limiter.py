@@ -43,6 +43,13 @@ from service.llm.constants import (
 from service.llm.retry import parse_duration
 
 _EPSILON_S = 1e-4
+# A waiter whose turn comes within this long is served now. uvloop's timers have
+# millisecond resolution and fire up to ~1 ms early; without a tolerance every grant
+# took several loop turns of re-arming (the level then dips below zero by at most
+# rate x 1 ms, a debt refill repays: the long-run rate is unchanged).
+_TOLERANCE_S = 1e-3
+_HEADER_DIMS = (("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"))
 _DEFAULT_429_PAUSE_S = 1.0
 
 
@@ -111,6 +118,7 @@ class RateLimiter:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # clock time the armed timer is due
         self._last = clock()
         self._factor = 1.0
         self._paused_until = 0.0
@@ -160,43 +168,62 @@ class RateLimiter:
 
     def on_headers(self, headers: Mapping[str, str]) -> None:
         """Honour ``x-ratelimit-remaining-requests/-tokens`` and ``x-ratelimit-reset-*``."""
-        now = self._advance()
-        for bucket, dim in ((self._requests, "requests"), (self._tokens, "tokens")):
-            raw = headers.get(f"x-ratelimit-remaining-{dim}")
+        # Levels only go down and pauses only grow here: an armed timer that now fires
+        # early simply re-arms, so nothing is rescheduled.
+        now: float | None = None
+        for bucket, (remaining_key, reset_key) in zip((self._requests, self._tokens),
+                                                      _HEADER_DIMS, strict=True):
+            raw = headers.get(remaining_key)
             if raw is None:
                 continue
             try:
                 remaining = float(raw)
             except ValueError:
                 continue
+            if now is None:
+                now = self._advance()
             if bucket is not None:
-                bucket.level = min(bucket.level, remaining)
+                if remaining < bucket.level:
+                    bucket.level = remaining
             elif remaining <= 0:
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{dim}", ""))
+                reset = parse_duration(headers.get(reset_key, ""))
                 if reset:
                     self._paused_until = max(self._paused_until, now + reset)
-        self._reschedule()
 
     # ---------------------------------------------------------------- internals
     def _advance(self) -> float:
         now = self._clock()
-        dt = max(0.0, now - self._last)
+        dt = now - self._last
         self._last = now
-        if dt:
+        if dt > 0:
             # time spent paused refills the buckets but does not restore the rate factor
-            for bucket in (self._requests, self._tokens):
-                if bucket is not None:
-                    bucket.refill(dt, self._factor)
-            if now >= self._paused_until and self._factor < 1.0:
-                self._factor = min(1.0, self._factor + self.settings.recovery_per_s * dt)
+            factor = self._factor
+            requests, tokens = self._requests, self._tokens
+            if requests is not None:
+                level = requests.level + requests.rate * factor * dt
+                requests.level = level if level < requests.capacity else requests.capacity
+            if tokens is not None:
+                level = tokens.level + tokens.rate * factor * dt
+                tokens.level = level if level < tokens.capacity else tokens.capacity
+            if factor < 1.0 and now >= self._paused_until:
+                self._factor = min(1.0, factor + self.settings.recovery_per_s * dt)
         return now
 
     def _wait_time(self, tokens: int, now: float) -> float:
-        wait = max(0.0, self._paused_until - now)
-        if self._requests is not None:
-            wait = max(wait, self._requests.wait_for(1, self._factor))
+        wait = self._paused_until - now
+        if wait < 0.0:
+            wait = 0.0
+        requests = self._requests
+        if requests is not None:
+            missing = (1.0 if requests.capacity > 1.0 else requests.capacity) - requests.level
+            if missing > 0:
+                w = missing / (requests.rate * self._factor)
+                if w > wait:
+                    wait = w
         if self._tokens is not None:
-            wait = max(wait, self._tokens.wait_for(tokens, self._factor))
+            w = self._tokens.wait_for(tokens, self._factor)
+            if w > wait:
+                wait = w
         return wait
 
     def _debit(self, tokens: int) -> None:
@@ -213,7 +240,7 @@ class RateLimiter:
 
     async def _take(self, tokens: int) -> None:
         now = self._advance()
-        if not self._head_pending() and self._wait_time(tokens, now) <= 0:
+        if not self._head_pending() and self._wait_time(tokens, now) <= _TOLERANCE_S:
             self._debit(tokens)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -233,32 +260,43 @@ class RateLimiter:
             raise
 
     def _head_pending(self) -> bool:
-        while self._queue and self._queue[0][1].done():
-            self._queue.popleft()
-        return bool(self._queue)
+        queue = self._queue
+        while queue and queue[0][1].done():
+            queue.popleft()
+        return bool(queue)
 
     def _reschedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Make sure the head of the queue is looked at when it can be served. A timer
+        already due no later than that is kept (firing early, it re-arms itself)."""
         if not self._head_pending():
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             return
+        now = self._advance()
+        wait = self._wait_time(self._queue[0][0], now)
+        if self._timer is not None:
+            if self._timer_at <= now + wait + _TOLERANCE_S:
+                return
+            self._timer.cancel()
         loop = asyncio.get_running_loop()
-        wait = self._wait_time(self._queue[0][0], self._advance())
-        if wait <= 0:
+        if wait <= _TOLERANCE_S:
             self._timer = loop.call_soon(self._dispatch)
+            self._timer_at = now
         else:
             self._timer = loop.call_later(wait + _EPSILON_S, self._dispatch)
+            self._timer_at = now + wait + _EPSILON_S
 
     def _dispatch(self) -> None:
         self._timer = None
         now = self._advance()
         # Serve strictly in arrival order; stop at the first waiter that must wait.
+        queue = self._queue
         while self._head_pending():
-            tokens, fut = self._queue[0]
-            if self._wait_time(tokens, now) > 0:
+            tokens, fut = queue[0]
+            if self._wait_time(tokens, now) > _TOLERANCE_S:
                 break
-            self._queue.popleft()
+            queue.popleft()
             self._debit(tokens)
             fut.set_result(None)
         self._reschedule()
@@ -270,7 +308,7 @@ class RateLimiter:
         # refund (actual < charged) or debit the difference; debt is repaid by refill
         self._tokens.level = min(self._tokens.capacity, self._tokens.level + (charged - actual))
         if actual < charged and self._timer is not None:
-            self._reschedule()
+            self._reschedule()  # only re-arms when the head can now go earlier
 
     def _release(self) -> None:
         self.in_flight -= 1
