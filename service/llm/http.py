@@ -197,19 +197,19 @@ class _Connection(asyncio.Protocol):
         self._headers = None
         self.transport.write(data)
 
-    def abort(self) -> None:
-        self.waiter = None
+    def abort(self, exc: ConnectionError | None = None) -> None:
+        """Close now; a request still waiting on this connection fails with ``exc``."""
+        waiter, self.waiter = self.waiter, None
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
             self._pool._forget(self)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc or ServerDisconnected("Connection closed"))
 
     def _fail(self, exc: ConnectionError) -> None:
-        waiter = self.waiter
-        self.abort()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        self.abort(exc)
 
     def _parse(self) -> None:
         buf = self._buf
