@@ -34,10 +34,14 @@ class Raw:
     delay_s: float = 0.0
     split: bool = False  # write the reply a byte at a time
     port: int = 0
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         conn = self.connections
+        task = asyncio.current_task()
+        if task is not None:
+            self.handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -75,18 +79,21 @@ Start = Callable[..., Awaitable[Raw]]
 @pytest.fixture
 async def raw() -> AsyncIterator[Start]:
     """``await raw(reply, ..., delay_s=.., split=..)``: a started scripted server."""
-    servers: list[asyncio.Server] = []
+    servers: list[tuple[asyncio.Server, Raw]] = []
 
     async def start(*replies: Reply, delay_s: float = 0.0, split: bool = False) -> Raw:
         r = Raw(list(replies), delay_s=delay_s, split=split)
         server = await asyncio.start_server(r.handle, "127.0.0.1", 0)
-        servers.append(server)
+        servers.append((server, r))
         r.port = server.sockets[0].getsockname()[1]
         return r
 
     yield start
-    for server in servers:
+    for server, r in servers:
         server.close()
+        for task in r.handlers:
+            task.cancel()
+        await asyncio.gather(*r.handlers, return_exceptions=True)
 
 
 def response(body: bytes, status: str = "200 OK", headers: str = "",
@@ -361,3 +368,19 @@ def test_under_uvloop() -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_head_parsing() -> None:
+    from service.llm.http import _parse_head
+
+    http11, status, headers = _parse_head(
+        b"HTTP/1.1 429 Too Many: Requests\r\nRetry-After: 2\r\nX-Dup: first\r\nx-dup: second")
+    assert (http11, status) == (True, 429)
+    assert headers == {"retry-after": "2", "x-dup": "first"}
+    assert headers.get("Retry-After") == "2" and headers.get("nope", "d") == "d"
+    assert _parse_head(b"HTTP/1.0 200")[:2] == (False, 200)
+    for bad in (b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"HTTP/1.1 200OK", b"HTTP/2 200 OK",
+                b"HTTP/1.1 200 OK\r\n folded: x", b"HTTP/1.1 200 OK\r\nname : x",
+                b"HTTP/1.1 200 OK\r\nno colon", b"HTTP/1.1 200 OK\r\n: empty name"):
+        with pytest.raises(ProtocolError):
+            _parse_head(bad)

@@ -91,23 +91,22 @@ def supports(url: str) -> bool:
 
 def _parse_head(head: bytes) -> tuple[bool, int, Headers]:
     """Status line and header fields -> (HTTP/1.1?, status, headers)."""
-    lines = head.split(b"\r\n")
+    lines = head.decode("latin-1").split("\r\n")
     status_line = lines[0]
-    if not status_line.startswith(b"HTTP/1."):
+    if not status_line.startswith("HTTP/1."):
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:64]!r}")
-    parts = status_line.split(b" ", 2)
-    code = parts[1] if len(parts) > 1 else b""
-    if len(code) != 3 or not code.isdigit():
+    code = status_line[9:12]
+    if len(status_line) < 12 or status_line[8] != " " or not code.isdigit() \
+            or status_line[12:13] not in ("", " "):
         raise ProtocolError(f"bad status line: {status_line[:64]!r}")
     headers = Headers()
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+    setitem = dict.__setitem__
+    for line in lines[:0:-1]:  # reversed: a repeated field keeps its first value
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[-1] in " \t" or line[0] in " \t":
             raise ProtocolError(f"bad header line: {line[:64]!r}")
-        key = name.decode("latin-1").lower()
-        if key not in headers:
-            dict.__setitem__(headers, key, value.strip().decode("latin-1"))
-    return parts[0] == b"HTTP/1.1", int(code), headers
+        setitem(headers, name.lower(), value.strip())
+    return status_line[7] == "1", int(code), headers
 
 
 def _decode(body: bytes, encoding: str) -> bytes:
@@ -240,10 +239,11 @@ class _Connection(asyncio.Protocol):
     def _start(self, http11: bool, status: int, headers: Headers) -> None:
         self._status = status
         self._headers = headers
-        connection = headers.get("connection", "").lower()
+        get = dict.get  # (Headers.get lower-cases; these names already are)
+        connection = get(headers, "connection", "").lower()
         self._keep_alive = ("close" not in connection) if http11 else ("keep-alive" in connection)
-        te = headers.get("transfer-encoding")
-        cl = headers.get("content-length")
+        te = get(headers, "transfer-encoding")
+        cl = get(headers, "content-length")
         if te is not None:
             if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
                 raise ProtocolError(f"unsupported Transfer-Encoding {te!r}")
@@ -303,7 +303,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = None
         self._buf = b""
         self._headers = None
-        encoding = headers.get("content-encoding")
+        encoding = dict.get(headers, "content-encoding")
         if encoding is not None:
             try:
                 body = _decode(body, encoding)
