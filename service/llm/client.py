@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from service.llm import http as lean_http
 from service.llm.accounting import Accounting
 from service.llm.constants import KEEPALIVE_S
 from service.llm.errors import (
@@ -35,7 +36,6 @@ from service.llm.errors import (
     error_kind,
 )
 from service.llm.http import HTTPPool
-from service.llm.http import supports as http_supports
 from service.llm.limiter import Permit, RateLimiter
 from service.llm.retry import (
     is_context_length_error,
@@ -79,7 +79,7 @@ class LLMClient:
         # Non-streaming calls go through the lean pool (service.llm.http) when the URL
         # allows; streaming, unusual URLs and redirects use the aiohttp session.
         self._pool: HTTPPool | None = None
-        self._pool_ok = http_supports(settings.base_url) and not any(
+        self._pool_ok = lean_http.supports(settings.base_url) and not any(
             "\r" in v or "\n" in v for v in self._headers().values())
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
