@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -123,6 +124,8 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,
+        # SELFINSTRUCT_HTTP_CLIENT=aiohttp: every call through aiohttp instead of the lean pool
+        lean_http=os.environ.get("SELFINSTRUCT_HTTP_CLIENT", "lean") != "aiohttp",
     )
 
 

@@ -284,3 +284,17 @@ async def test_api_key_never_leaks(make_sim: Factory) -> None:
     ok = await make_sim(api_key=canary)
     async with client_for(ok, api_key=canary) as client:
         assert (await client.complete("hello", max_tokens=5)).text
+
+
+@pytest.mark.parametrize("lean", [True, False])
+async def test_lean_pool_and_aiohttp_paths_answer_alike(lean: bool) -> None:
+    """The lean keep-alive pool is the default for plain POSTs; lean_http=False (the
+    SELFINSTRUCT_HTTP_CLIENT=aiohttp escape hatch) sends everything through aiohttp."""
+    async with SimulatedServer(SimSettings(latency_ms=5, seed=4)) as sim:
+        settings = ClientSettings(sim.base_url, model="m", lean_http=lean)
+        async with LLMClient(settings) as client:
+            result = await client.complete(["1. a\n2.", "Task: x\nIs it classification?"],
+                                           max_tokens=32)
+            assert len(result.by_prompt()) == 2 and all(result.by_prompt())
+            assert (client._pool is not None) is lean
+            assert (client._session is not None) is (not lean)

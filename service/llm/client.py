@@ -79,7 +79,7 @@ class LLMClient:
         # Non-streaming calls go through the lean pool (service.llm.http) when the URL
         # allows; streaming, unusual URLs and redirects use the aiohttp session.
         self._pool: HTTPPool | None = None
-        self._pool_ok = lean_http.supports(settings.base_url) and not any(
+        self._pool_ok = settings.lean_http and lean_http.supports(settings.base_url) and not any(
             "\r" in v or "\n" in v for v in self._headers().values())
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 

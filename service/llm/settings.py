@@ -50,6 +50,9 @@ class ClientSettings:
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     user_agent: str = USER_AGENT
     jitter_seed: int | None = None  # makes backoff jitter repeatable in tests
+    # Non-streaming calls through the lean keep-alive pool (service.llm.http) when the URL
+    # allows; False sends everything through aiohttp (the escape hatch).
+    lean_http: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):
