@@ -384,3 +384,53 @@ def test_head_parsing() -> None:
                 b"HTTP/1.1 200 OK\r\nno colon", b"HTTP/1.1 200 OK\r\n: empty name"):
         with pytest.raises(ProtocolError):
             _parse_head(bad)
+
+
+def test_client_used_from_a_second_event_loop() -> None:
+    import threading
+
+    r = Raw([response(COMPLETION)])
+    ready = threading.Event()
+    server_loop = asyncio.new_event_loop()
+
+    servers: list[asyncio.Server] = []
+
+    def serve() -> None:
+        async def start() -> None:
+            server = await asyncio.start_server(r.handle, "127.0.0.1", 0)
+            servers.append(server)
+            r.port = server.sockets[0].getsockname()[1]
+            ready.set()
+
+        server_loop.run_until_complete(start())
+        server_loop.run_forever()
+
+    async def shutdown() -> None:
+        servers[0].close()
+        for task in r.handlers:
+            task.cancel()
+        await asyncio.gather(*r.handlers, return_exceptions=True)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    client = LLMClient(ClientSettings(f"http://127.0.0.1:{r.port}/v1", model="m",
+                                      retry=RetrySettings(max_attempts=1,
+                                                          request_timeout_s=2.0)))
+    pools = []
+
+    async def call() -> None:
+        assert (await client.complete("hello", max_tokens=4)).text == "hi"
+        pools.append(client._pool)
+
+    try:
+        asyncio.run(call())
+        asyncio.run(call())  # the first loop's connection is dropped, not reused
+        assert pools[0] is not pools[1] and pools[0] is not None and pools[0].closed
+        asyncio.run(client.aclose())
+    finally:
+        asyncio.run_coroutine_threadsafe(shutdown(), server_loop).result(5)
+        server_loop.call_soon_threadsafe(server_loop.stop)
+        thread.join(5)
+        server_loop.close()
+    assert r.connections == 2

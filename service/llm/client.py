@@ -95,6 +95,10 @@ class LLMClient:
 
     def _get_pool(self) -> HTTPPool | None:
         pool = self._pool
+        if pool is not None and pool.loop is not None \
+                and pool.loop is not asyncio.get_running_loop():
+            pool.abandon()  # connections of another event loop: unusable here
+            pool = None
         if pool is None or pool.closed:
             if not self._pool_ok:
                 return None

@@ -351,6 +351,7 @@ class HTTPPool:
         self._addrs: list[tuple[Any, ...]] = []
         self._addrs_until = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by the first connection
         self.closed = False
         self.connections_made = 0
 
@@ -382,10 +383,30 @@ class HTTPPool:
             handle.cancel()
 
     async def aclose(self) -> None:
-        self.close()
+        if self.loop is not None and self.loop is not asyncio.get_running_loop():
+            self.abandon()
+        else:
+            self.close()
+
+    def abandon(self) -> None:
+        """Drop a pool whose connections belong to another event loop: closed there if
+        that loop still runs, else just forgotten (a closed loop cannot touch them)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.close)
+                return
+        self.closed = True
+        self._idle.clear()
+        self._conns.clear()
+        self._waiters.clear()
+        self._sweeper = None
 
     def close(self) -> None:
         """Close every connection (idle or busy); waiting requests fail."""
+        if self.loop is not None and self.loop.is_closed():
+            self.abandon()
+            return
         self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -445,6 +466,7 @@ class HTTPPool:
                 return conn_or_none
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> _Connection:
+        self.loop = loop
         ssl_context: ssl_module.SSLContext | None = None
         if self.scheme == "https":
             if self._ssl is None:
