@@ -309,7 +309,8 @@ class _Connection(asyncio.Protocol):
                 body = _decode(body, encoding)
             except ProtocolError as exc:
                 self.abort()
-                waiter.set_exception(exc)
+                if not waiter.done():
+                    waiter.set_exception(exc)
                 return
         if not waiter.done():
             waiter.set_result((self._status, headers, body))
@@ -356,9 +357,6 @@ class HTTPPool:
         self.connections_made = 0
 
     # ------------------------------------------------------------ public
-    def target(self, path: str) -> str:
-        return self._path + path
-
     async def post(self, path: str, body: bytes, timeout: float,
                    connect_timeout: float) -> Response:
         """POST ``body`` (JSON) to base path + ``path``; (status, headers, body)."""
