@@ -630,6 +630,10 @@ class Pipeline:
                 for i in range(self.n_instruction_workers)
             ]
             workers += producers
+            for worker in workers:
+                # A stage that dies of an unexpected error must end the run, not leave
+                # the others waiting for it for ever.
+                worker.add_done_callback(self._on_worker_done)
             ticker = asyncio.create_task(self._ticker(), name="progress")
             await self._wait_until_done()
             ticker.cancel()
@@ -653,16 +657,32 @@ class Pipeline:
             self._in_progress += 1
             await self._admitted.put(task)  # bounded: the lease is taken only when there is room
 
+    def _on_worker_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+
     async def _watch_global(self) -> None:
         assert self.coordinator is not None
+        failures = 0
         while True:
-            self._global_written = await self.coordinator.written()
-            if self.remaining == 0:
-                self._request_stop("finished")
-                return
-            self._global_unfinished = await self.coordinator.unfinished()
+            try:
+                self._global_written = await self.coordinator.written()
+                if self.remaining == 0:
+                    self._request_stop("finished")
+                    return
+                self._global_unfinished = await self.coordinator.unfinished()
+                failures = 0
+            except Exception as exc:  # e.g. redis.ConnectionError, socket errors, timeouts
+                # The coordinator is unreachable: keep trying for a while, then fail the
+                # run (unfinished work stays leased in Redis for another process).
+                failures += 1
+                if failures >= _COORDINATOR_RETRIES:
+                    raise SelfInstructError(f"the coordinator is unreachable: {exc}") from exc
             self._supply_changed.set()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2 if failures == 0 else 1.0)
 
     async def _feed_pending(self) -> None:
         try:
@@ -699,6 +719,9 @@ class Pipeline:
                 self.write_run_json()
             if self.on_progress is not None:
                 self.on_progress(self)
+
+
+_COORDINATOR_RETRIES = 30  # about 30 s of failed polls before a distributed run gives up
 
 
 def _task_number(task_id: str) -> int:

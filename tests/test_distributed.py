@@ -182,3 +182,42 @@ async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) 
     assert verify_run(out).ok
     assert await asyncio.to_thread(main, ["export", "--run", str(out), "--redis", redis_url,
                                           "--run-id", "../etc"]) == 2
+
+
+async def test_a_worker_fails_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
+    """Redis stops mid-run: the worker must end with an error, not hang for ever."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        async with SimulatedServer(SimSettings(latency_ms=100, seed=9)) as sim:
+            worker = await _worker(sim.base_url, url, "gone", tmp_path / "w", 100_000)
+            deadline = asyncio.get_running_loop().time() + 60
+            while int(client.get(Keys("gone").written) or 0) < 5:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            server.kill()
+            server.wait()
+            _, stderr = await asyncio.wait_for(worker.communicate(), 120)
+        assert worker.returncode != 0
+        assert b"error:" in stderr and b"connect" in stderr.lower()  # named, not a traceback
+    finally:
+        if server.poll() is None:
+            server.kill()
