@@ -49,6 +49,8 @@ from service.store import INSTRUCTIONS, RUN_JSON, SEEDS, TASKS, JsonlWriter, wri
 GROUP = "workers"
 T = TypeVar("T")
 _READ_BATCH = 5000
+_MAX_CONNECTIONS = 64
+_CONNECTION_WAIT_S = 30.0
 
 # Append a batch of admissions iff the stream still ends where the caller's replica does.
 _APPEND = """
@@ -233,7 +235,11 @@ class RedisCoordinator:
         self.keys = Keys(run_id)
         self.worker = worker or worker_name()
         self.lease_ms = max(1, int(lease_seconds * 1000))
-        self.aio: aioredis.Redis = aioredis.Redis.from_url(url)
+        # Hundreds of task workers commit at once; a blocking pool makes them queue for
+        # a connection (redis-py's default pool fails at 100 with "Too many connections").
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=_MAX_CONNECTIONS, timeout=_CONNECTION_WAIT_S)
+        self.aio: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._commit = self.aio.register_script(_COMMIT)
         self.reclaimed = 0
         self.conflicts = 0
