@@ -54,17 +54,6 @@ NEAR_DUPLICATE = "near_duplicate"
 LLM_FAILED = "llm_failed"
 
 
-class Decision(Protocol):
-    admitted: bool
-
-    @property
-    def score(self) -> float: ...
-
-
-class DedupPool(Protocol):
-    def admit_batch(self, texts: Sequence[str]) -> Sequence[Any]: ...
-
-
 @dataclass
 class Admission:
     """A normalised dedup decision, whatever the pool's own type is."""
