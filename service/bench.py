@@ -31,7 +31,6 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import BudgetExceeded, ConfigError, LLMError
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
@@ -47,6 +46,7 @@ from service.llm.limiter import Permit, RateLimiter
 from service.llm.secret import redact
 from service.llm.types import Result
 from service.progress import Progress, format_count
+from service.secret import safe_url
 
 ApiKind = Literal["chat", "completions"]
 
@@ -170,20 +170,6 @@ class BenchReport:
 
 
 # --------------------------------------------------------------------------- helpers
-def safe_url(url: str) -> str:
-    """The URL without user:password@ (never shown)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
 def make_prompt(index: int, prompt_tokens: int) -> str:
     """A unique prompt of about ``prompt_tokens`` tokens (4 characters a token)."""
     words = [f"Request {index}: write a short paragraph about these words:"]

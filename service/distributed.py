@@ -43,6 +43,7 @@ from service.config import Config
 from service.errors import ConfigError
 from service.llm.limiter import LimiterSettings, Permit, RateLimiter
 from service.pipeline import Admission, AdmitFn, PendingTask
+from service.secret import safe_url
 from service.seeds import SeedTask
 from service.store import INSTRUCTIONS, RUN_JSON, SEEDS, TASKS, JsonlWriter, write_json_atomic
 
@@ -254,7 +255,7 @@ class RedisCoordinator:
         try:
             await _shielded(self.aio.ping())
         except redis.RedisError as exc:
-            raise ConfigError(f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from exc
+            raise ConfigError(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from exc
         settings = {"threshold": repr(config.threshold),
                     "inclusive": str(config.inclusive_threshold),
                     "tokenizer": config.tokenizer}
@@ -422,14 +423,6 @@ class _Admitter:
         return decisions, admitted
 
 
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("redis", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
 # --------------------------------------------------------------------------- gather
 def gather_run(url: str, run_id: str, out: Path) -> dict[str, int]:
     """Write the run's shared record into ``out`` (a fresh or existing directory):
@@ -440,7 +433,7 @@ def gather_run(url: str, run_id: str, out: Path) -> dict[str, int]:
     counts = {"seeds": 0, "instructions": 0, "tasks": 0}
     raw_seeds = client.get(keys.seeds)
     if raw_seeds is None:
-        raise ConfigError(f"no run '{run_id}' in Redis at {_safe_url(url)}")
+        raise ConfigError(f"no run '{run_id}' in Redis at {safe_url(url)}")
     meta = _fields(client.hgetall(keys.meta))
     for name in (SEEDS, INSTRUCTIONS, TASKS, "rejected.jsonl"):
         (out / name).unlink(missing_ok=True)

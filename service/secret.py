@@ -4,6 +4,7 @@ value. One class for the whole program (config, client, serve)."""
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 MASK: Final = "***"
 
@@ -36,3 +37,17 @@ class Secret:
 
     def __reduce__(self) -> tuple[object, ...]:  # pickling would leak the value into files
         raise TypeError("Secret values cannot be pickled")
+
+
+def safe_url(url: str) -> str:
+    """The URL without user:password@ (never shown)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
