@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,26 @@ async def sim() -> AsyncIterator[SimulatedServer]:
     async with SimulatedServer(SimSettings(latency_ms=20, seed=1, duplicate_rate=0.2,
                                            bad_item_rate=0.1)) as server:
         yield server
+
+
+SimFactory = Callable[..., Awaitable[SimulatedServer]]
+
+
+@pytest.fixture
+async def make_sim() -> AsyncIterator[SimFactory]:
+    """Start simulators on demand (fast: 5 ms ±20% latency unless overridden); all are
+    stopped after the test."""
+    started: list[SimulatedServer] = []
+
+    async def factory(**kwargs: Any) -> SimulatedServer:
+        sim = SimulatedServer(SimSettings(**{"latency_ms": 5.0, "jitter": 0.2, **kwargs}))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield factory
+    for sim in started:
+        await sim.stop()
 
 
 def make_config(out: Path, base_url: str, **flags: Any) -> Config:

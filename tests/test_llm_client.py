@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,27 +27,12 @@ from service.llm.errors import (
     ServerError,
 )
 from service.simulator import SimSettings, SimulatedServer
+from tests.conftest import SimFactory
 
 pytestmark = pytest.mark.timeout(60)
 
-Factory = Callable[..., Awaitable[SimulatedServer]]
 FAST_RETRY = RetrySettings(max_attempts=4, backoff_base_s=0.01, backoff_cap_s=0.05,
                            request_timeout_s=5.0, deadline_s=30.0)
-
-
-@pytest.fixture
-async def make_sim() -> AsyncIterator[Factory]:
-    started: list[SimulatedServer] = []
-
-    async def factory(**kwargs: Any) -> SimulatedServer:
-        sim = SimulatedServer(SimSettings(**{"latency_ms": 5.0, "jitter": 0.2, **kwargs}))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield factory
-    for sim in started:
-        await sim.stop()
 
 
 def client_for(sim: SimulatedServer, *, retry: RetrySettings = FAST_RETRY,
@@ -62,7 +46,7 @@ LIST_PROMPTS = [f"Tasks:\n1. Plan step number {i} of a project\n2." for i in ran
 
 
 # ---------------------------------------------------------------------------- happy paths
-async def test_complete_list_prompts_with_n_maps_back(make_sim: Factory) -> None:
+async def test_complete_list_prompts_with_n_maps_back(make_sim: SimFactory) -> None:
     sim = await make_sim()
     async with client_for(sim) as client:
         result = await client.complete(LIST_PROMPTS, n=2, max_tokens=300, stop=["\n\n"])
@@ -82,7 +66,7 @@ async def test_complete_list_prompts_with_n_maps_back(make_sim: Factory) -> None
     assert snap["tokens"]["total"] == sim.stats()["tokens"]["total"]
 
 
-async def test_chat(make_sim: Factory) -> None:
+async def test_chat(make_sim: SimFactory) -> None:
     sim = await make_sim()
     async with client_for(sim) as client:
         result = await client.chat([{"role": "system", "content": "Be brief."},
@@ -94,7 +78,7 @@ async def test_chat(make_sim: Factory) -> None:
     assert sim.stats()["by_route"] == {"chat": 1}
 
 
-async def test_streaming_records_ttft(make_sim: Factory) -> None:
+async def test_streaming_records_ttft(make_sim: SimFactory) -> None:
     sim = await make_sim(latency_ms=200, jitter=0.0)
     async with client_for(sim) as client:
         plain = await client.complete(LIST_PROMPTS[0], max_tokens=200)
@@ -115,7 +99,7 @@ async def test_streaming_records_ttft(make_sim: Factory) -> None:
 
 # ---------------------------------------------------------------------------- retries
 @pytest.mark.parametrize("fault", ["error_rate", "garbage_rate", "reset_rate"])
-async def test_retries_succeed_under_partial_faults(make_sim: Factory, fault: str) -> None:
+async def test_retries_succeed_under_partial_faults(make_sim: SimFactory, fault: str) -> None:
     sim = await make_sim(seed=2, **{fault: 0.4})
     retry = RetrySettings(max_attempts=8, backoff_base_s=0.01, backoff_cap_s=0.05,
                           request_timeout_s=5.0)
@@ -132,7 +116,7 @@ async def test_retries_succeed_under_partial_faults(make_sim: Factory, fault: st
 @pytest.mark.parametrize(("fault", "error"), [("error_rate", ServerError),
                                                ("garbage_rate", BadResponse),
                                                ("reset_rate", ConnectionFailed)])
-async def test_retries_exhausted_when_always_failing(make_sim: Factory, fault: str,
+async def test_retries_exhausted_when_always_failing(make_sim: SimFactory, fault: str,
                                                      error: type[Exception]) -> None:
     sim = await make_sim(**{fault: 1.0})
     retry = RetrySettings(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.02)
@@ -146,7 +130,7 @@ async def test_retries_exhausted_when_always_failing(make_sim: Factory, fault: s
     assert sum(snap["attempts_by_outcome"].values()) == 3
 
 
-async def test_timeout_on_hang(make_sim: Factory) -> None:
+async def test_timeout_on_hang(make_sim: SimFactory) -> None:
     sim = await make_sim(hang_rate=1.0)
     retry = RetrySettings(max_attempts=2, backoff_base_s=0.01, backoff_cap_s=0.02,
                           request_timeout_s=0.3)
@@ -167,7 +151,7 @@ async def test_timeout_on_hang(make_sim: Factory) -> None:
     assert result.text
 
 
-async def test_429_retry_after_pauses_the_limiter(make_sim: Factory) -> None:
+async def test_429_retry_after_pauses_the_limiter(make_sim: SimFactory) -> None:
     # 60 rpm with a one-request burst: the second of two concurrent calls gets a 429
     # asking for ~1 s; the client pauses (all senders) and then succeeds.
     sim = await make_sim(rpm=60, burst_seconds=1.0)
@@ -185,7 +169,7 @@ async def test_429_retry_after_pauses_the_limiter(make_sim: Factory) -> None:
     assert snap["retries"] == {"rate_limited": 1}
 
 
-async def test_other_4xx_fail_fast(make_sim: Factory) -> None:
+async def test_other_4xx_fail_fast(make_sim: SimFactory) -> None:
     sim = await make_sim()
     async with client_for(sim) as client:
         with pytest.raises(ClientRequestError) as info:
@@ -196,7 +180,7 @@ async def test_other_4xx_fail_fast(make_sim: Factory) -> None:
     assert snap["calls"]["failed"] == {"client_error": 1}
 
 
-async def test_context_length_shrinks_max_tokens(make_sim: Factory) -> None:
+async def test_context_length_shrinks_max_tokens(make_sim: SimFactory) -> None:
     sim = await make_sim(context_tokens=200)
     async with client_for(sim) as client:
         # 100 prompt tokens: 150 -> 120 -> 96 (fits: 196 <= 200)
@@ -210,7 +194,7 @@ async def test_context_length_shrinks_max_tokens(make_sim: Factory) -> None:
     assert "maximum context length" in str(info.value)
 
 
-async def test_budget_cap_stops_new_calls(make_sim: Factory) -> None:
+async def test_budget_cap_stops_new_calls(make_sim: SimFactory) -> None:
     sim = await make_sim()
     async with client_for(sim, budget=BudgetSettings(max_total_tokens=50)) as client:
         first = await client.complete(LIST_PROMPTS[0], max_tokens=200)
@@ -223,7 +207,7 @@ async def test_budget_cap_stops_new_calls(make_sim: Factory) -> None:
 
 
 # ---------------------------------------------------------------------------- the limiter
-async def test_limiter_holds_rpm_without_start_burst(make_sim: Factory) -> None:
+async def test_limiter_holds_rpm_without_start_burst(make_sim: SimFactory) -> None:
     sim = await make_sim(latency_ms=1.0, jitter=0.0)
     async with client_for(sim, limiter=LimiterSettings(rpm=600, max_in_flight=64)) as client:
         stop = asyncio.Event()
@@ -246,7 +230,7 @@ async def test_limiter_holds_rpm_without_start_burst(make_sim: Factory) -> None:
     assert early <= 7, early  # ~5 in the first 0.5 s: no burst at start
 
 
-async def test_staying_under_server_limits_gives_no_429(make_sim: Factory) -> None:
+async def test_staying_under_server_limits_gives_no_429(make_sim: SimFactory) -> None:
     sim = await make_sim(rpm=600, tpm=60_000, latency_ms=5.0)
     limiter = LimiterSettings(rpm=540, tpm=54_000, max_in_flight=32)
     async with client_for(sim, limiter=limiter) as client:
@@ -259,7 +243,7 @@ async def test_staying_under_server_limits_gives_no_429(make_sim: Factory) -> No
 
 
 # ---------------------------------------------------------------------------- secrets
-async def test_api_key_never_leaks(make_sim: Factory) -> None:
+async def test_api_key_never_leaks(make_sim: SimFactory) -> None:
     canary = "sk-canary-7f3a9c1e5b"
     sim = await make_sim(api_key="sk-the-right-one")
     async with client_for(sim, api_key=Secret(canary)) as client:

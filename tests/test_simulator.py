@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -40,26 +40,11 @@ from service.stages.instructions import (
     stop_sequences,
 )
 from service.templates import load_templates
+from tests.conftest import SimFactory
 
 pytestmark = pytest.mark.timeout(60)
 
-Factory = Callable[..., Awaitable[SimulatedServer]]
 FAST = {"latency_ms": 5.0, "jitter": 0.2}
-
-
-@pytest.fixture
-async def make_sim() -> AsyncIterator[Factory]:
-    started: list[SimulatedServer] = []
-
-    async def factory(**kwargs: Any) -> SimulatedServer:
-        sim = SimulatedServer(SimSettings(**{**FAST, **kwargs}))
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield factory
-    for sim in started:
-        await sim.stop()
 
 
 @pytest.fixture
@@ -94,7 +79,7 @@ async def test_context_manager_binds_loopback_free_port() -> None:
         _ = SimulatedServer().port  # never started
 
 
-async def test_models_health_stats(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_models_health_stats(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(model="my-model")
     async with http.get(sim.base_url + "/models") as r:
         assert r.status == 200
@@ -109,7 +94,7 @@ async def test_models_health_stats(make_sim: Factory, http: aiohttp.ClientSessio
     assert stats == {**sim.stats(), "uptime_s": stats["uptime_s"]}
 
 
-async def test_completion_shape_and_usage(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_completion_shape_and_usage(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     data = await completions(http, sim, model="m1", prompt="Write something nice.", max_tokens=200)
     assert data["object"] == "text_completion" and data["model"] == "m1"
@@ -121,7 +106,7 @@ async def test_completion_shape_and_usage(make_sim: Factory, http: aiohttp.Clien
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-async def test_list_prompts_and_n_are_prompt_major(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_list_prompts_and_n_are_prompt_major(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     prompts = [f"Tasks:\n1. Do task number {i} for me\n2." for i in range(3)]
     data = await completions(http, sim, prompt=prompts, n=2, max_tokens=400)
@@ -135,7 +120,7 @@ async def test_list_prompts_and_n_are_prompt_major(make_sim: Factory, http: aioh
         assert [c["text"] for c in alone["choices"]] == texts[2 * i: 2 * i + 2]
 
 
-async def test_chat_with_n(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_chat_with_n(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     body = {"model": "chat-m", "n": 3, "max_tokens": 100,
             "messages": [{"role": "system", "content": "Be brief."},
@@ -151,7 +136,7 @@ async def test_chat_with_n(make_sim: Factory, http: aiohttp.ClientSession) -> No
     assert data["usage"]["prompt_tokens"] == (4 + 3) + (4 + 5)
 
 
-async def test_stop_cuts_at_first_stop(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_stop_cuts_at_first_stop(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     prompt = "Tasks:\n1. Do the first task here\n2."
     full = (await completions(http, sim, prompt=prompt, max_tokens=1000))["choices"][0]
@@ -164,7 +149,7 @@ async def test_stop_cuts_at_first_stop(make_sim: Factory, http: aiohttp.ClientSe
     assert single["choices"][0]["text"] == full["text"][: full["text"].index("\n3.")]
 
 
-async def test_max_tokens_truncates_with_length(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_max_tokens_truncates_with_length(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     data = await completions(http, sim, prompt="Tasks:\n1. Do a first thing now\n2.", max_tokens=10)
     choice = data["choices"][0]
@@ -208,7 +193,7 @@ async def _read_stream(http: aiohttp.ClientSession, url: str, body: dict[str, An
     return events, first, time.perf_counter() - t0
 
 
-async def test_streaming_completions_equal_plain(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_streaming_completions_equal_plain(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(latency_ms=200, jitter=0.0)
     body: dict[str, Any] = {"prompt": ["Tasks:\n1. Do one thing now\n2.", "Hello there friend"],
                             "n": 2, "max_tokens": 120, "stop": ["\n\n"]}
@@ -231,7 +216,7 @@ async def test_streaming_completions_equal_plain(make_sim: Factory, http: aiohtt
     assert total >= 0.15
 
 
-async def test_streaming_chat(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_streaming_chat(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     body: dict[str, Any] = {"messages": [{"role": "user", "content": "Say something."}],
                             "max_tokens": 50}
@@ -248,7 +233,7 @@ async def test_streaming_chat(make_sim: Factory, http: aiohttp.ClientSession) ->
 
 
 # ---------------------------------------------------------------------------- errors
-async def test_bad_requests_get_400(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_bad_requests_get_400(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     url = sim.base_url + "/completions"
     for body in [b"{not json", {"max_tokens": 5}, {"prompt": [1, 2, 3]}, {"prompt": "x", "n": 0},
@@ -261,7 +246,7 @@ async def test_bad_requests_get_400(make_sim: Factory, http: aiohttp.ClientSessi
     assert sim.stats()["by_status"] == {"400": 7}
 
 
-async def test_context_length_400(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_context_length_400(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(context_tokens=100)
     status, _, raw = await post(http, sim.base_url + "/completions",
                                 {"prompt": "x" * 200, "max_tokens": 60})
@@ -274,7 +259,7 @@ async def test_context_length_400(make_sim: Factory, http: aiohttp.ClientSession
     assert sim.stats()["context_length_errors"] == 1
 
 
-async def test_api_key_required(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_api_key_required(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(api_key="sk-right")
     url = sim.base_url + "/completions"
     status, _, _ = await post(http, url, {"prompt": "x"})
@@ -287,7 +272,7 @@ async def test_api_key_required(make_sim: Factory, http: aiohttp.ClientSession) 
 
 
 # ---------------------------------------------------------------------------- rate limits
-async def test_rpm_429_with_headers(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_rpm_429_with_headers(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     # 60 rpm, 2 s burst: two requests pass at once, the third is refused for ~1 s
     sim = await make_sim(rpm=60, burst_seconds=2.0)
     url = sim.base_url + "/completions"
@@ -309,7 +294,7 @@ async def test_rpm_429_with_headers(make_sim: Factory, http: aiohttp.ClientSessi
     assert stats["by_status"] == {"200": 3, "429": 1} and stats["rate_limited"] == {"requests": 1}
 
 
-async def test_tpm_429_weighs_prompt_plus_max_tokens(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_tpm_429_weighs_prompt_plus_max_tokens(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     # 6000 tpm = 100 tokens/s, 1 s burst: a request weighs prompt + max_tokens * n
     sim = await make_sim(tpm=6000, burst_seconds=1.0)
     url = sim.base_url + "/completions"
@@ -325,14 +310,14 @@ async def test_tpm_429_weighs_prompt_plus_max_tokens(make_sim: Factory, http: ai
 
 
 # ---------------------------------------------------------------------------- faults
-async def test_fault_error(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_error(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(error_rate=1.0)
     statuses = [(await post(http, sim.base_url + "/completions", {"prompt": "x"}))[0] for _ in range(6)]
     assert set(statuses) <= {500, 503} and len(statuses) == 6
     assert sim.stats()["faults"]["error"] == 6
 
 
-async def test_fault_reset(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_reset(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(reset_rate=1.0)
     for _ in range(2):
         with pytest.raises(aiohttp.ClientConnectionError):
@@ -340,7 +325,7 @@ async def test_fault_reset(make_sim: Factory, http: aiohttp.ClientSession) -> No
     assert sim.stats()["faults"]["reset"] == 2 and sim.stats()["by_status"] == {}
 
 
-async def test_fault_garbage(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_garbage(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(garbage_rate=1.0)
     for _ in range(4):
         status, _, raw = await post(http, sim.base_url + "/completions", {"prompt": "x"})
@@ -350,7 +335,7 @@ async def test_fault_garbage(make_sim: Factory, http: aiohttp.ClientSession) -> 
     assert sim.stats()["faults"]["garbage"] == 4
 
 
-async def test_fault_hang_is_cancellable(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_hang_is_cancellable(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(hang_rate=1.0)
     t0 = time.perf_counter()
     with pytest.raises(asyncio.TimeoutError):
@@ -369,7 +354,7 @@ async def test_fault_hang_is_cancellable(make_sim: Factory, http: aiohttp.Client
         await asyncio.wait_for(task, 2.0)
 
 
-async def test_fault_truncate(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_truncate(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     plain_sim = await make_sim()
     sim = await make_sim(truncate_rate=1.0)
     body = {"prompt": "Tasks:\n1. Do one thing now\n2.", "max_tokens": 500, "stop": ["\n\n"]}
@@ -380,7 +365,7 @@ async def test_fault_truncate(make_sim: Factory, http: aiohttp.ClientSession) ->
     assert sim.stats()["faults"]["truncate"] == 1
 
 
-async def test_fault_rates_mix_and_update(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_fault_rates_mix_and_update(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(error_rate=0.5, seed=3)
     statuses = [(await post(http, sim.base_url + "/completions", {"prompt": "x"}))[0] for _ in range(40)]
     errors = sum(s >= 500 for s in statuses)
@@ -405,7 +390,7 @@ async def _sample(http: aiohttp.ClientSession, sim: SimulatedServer) -> list[str
     return [c["text"] for c in data["choices"]]
 
 
-async def test_deterministic_by_seed(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_deterministic_by_seed(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     a, b, c = await make_sim(seed=7), await make_sim(seed=7), await make_sim(seed=8)
     assert await _sample(http, a) == await _sample(http, b)
     assert await _sample(http, a) != await _sample(http, c)
@@ -418,7 +403,7 @@ async def test_deterministic_by_seed(make_sim: Factory, http: aiohttp.ClientSess
     assert s1 == s2
 
 
-async def test_request_seed_matters_only_when_sampling(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_request_seed_matters_only_when_sampling(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(seed=1)
     p = "Tasks:\n1. Plan a small party\n2."
 
@@ -435,7 +420,7 @@ T = load_templates()
 SEEDS = load_seed_tasks(default_seed_path())
 
 
-async def test_instruction_lists_parse(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_instruction_lists_parse(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim(seed=11)
     rng = random.Random(0)
     filters = FilterConfig()
@@ -464,7 +449,7 @@ async def test_instruction_lists_parse(make_sim: Factory, http: aiohttp.ClientSe
     assert len(parse_instruction_items(orjson.loads(raw)["choices"][0]["message"]["content"])) >= 5
 
 
-async def test_duplicate_and_bad_item_shares(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_duplicate_and_bad_item_shares(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     prompt = build_instruction_prompt([t.instruction for t in SEEDS[:8]], T)
     body = {"prompt": prompt.text, "n": 4, "max_tokens": 4000, "stop": stop_sequences(prompt.next_number)}
     dup = await make_sim(duplicate_rate=1.0)
@@ -481,7 +466,7 @@ async def test_duplicate_and_bad_item_shares(make_sim: Factory, http: aiohttp.Cl
     assert all(instruction_rejection(clean_instruction(i), filters) is not None for i in items)
 
 
-async def test_classify_answers_parse(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_classify_answers_parse(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     examples = pick_classify_examples(SEEDS)
     cases = {"Classify the sentiment of the following tweet as positive or negative.": True,
@@ -494,7 +479,7 @@ async def test_classify_answers_parse(make_sim: Factory, http: aiohttp.ClientSes
         assert parse_classify_answer(data["choices"][0]["text"]) is expected, instruction
 
 
-async def test_instance_answers_parse(make_sim: Factory, http: aiohttp.ClientSession) -> None:
+async def test_instance_answers_parse(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     cls_examples = pick_instance_examples(SEEDS, True, 4)
     gen_examples = pick_instance_examples(SEEDS, False, 4)
@@ -515,7 +500,7 @@ async def test_instance_answers_parse(make_sim: Factory, http: aiohttp.ClientSes
 
 
 # ---------------------------------------------------------------------------- load and CLI
-async def test_many_concurrent_connections(make_sim: Factory) -> None:
+async def test_many_concurrent_connections(make_sim: SimFactory) -> None:
     sim = await make_sim(latency_ms=500, jitter=0.2)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def one(i: int) -> int:
