@@ -29,7 +29,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -373,15 +373,11 @@ class _Admitter:
     def catch_up(self) -> int:
         """Apply every admission after the replica's last one, in stream order."""
         added = 0
-        while True:
-            entries: Any = self.client.xrange(self.keys.admissions, min=f"({self.last_id}",
-                                              count=_READ_BATCH)
-            for entry_id, raw in entries:
-                self.pool.add(_fields(raw)["text"])
-                self.last_id = _text(entry_id)
-                added += 1
-            if len(entries) < _READ_BATCH:
-                return added
+        for entry_id, fields in _entries_after(self.client, self.keys.admissions, self.last_id):
+            self.pool.add(fields["text"])
+            self.last_id = entry_id
+            added += 1
+        return added
 
     def __call__(self, texts: Sequence[str]) -> list[Admission]:
         while True:
@@ -444,7 +440,7 @@ def gather_run(url: str, run_id: str, out: Path) -> dict[str, int]:
         counts["seeds"] += 1
     writer.close()
     writer = JsonlWriter(out / INSTRUCTIONS)
-    for fields in _stream(client, keys.admissions):
+    for _, fields in _entries_after(client, keys.admissions):
         writer.append({"id": fields["task"], "instruction": fields["text"],
                        "most_similar": orjson.loads(fields.get("most_similar") or "{}"),
                        "max_score": float(fields.get("score") or 0.0),
@@ -452,7 +448,7 @@ def gather_run(url: str, run_id: str, out: Path) -> dict[str, int]:
         counts["instructions"] += 1
     writer.close()
     writer = JsonlWriter(out / TASKS)
-    for fields in _stream(client, keys.tasks):
+    for _, fields in _entries_after(client, keys.tasks):
         writer.append(orjson.loads(fields["task"]))
         counts["tasks"] += 1
     writer.close()
@@ -468,14 +464,13 @@ def gather_run(url: str, run_id: str, out: Path) -> dict[str, int]:
     return counts
 
 
-def _stream(client: redis.Redis, key: str) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    last = "-"
+def _entries_after(client: redis.Redis, key: str,
+                   last_id: str = "0-0") -> Iterator[tuple[str, dict[str, str]]]:
+    """Every entry of a stream after ``last_id``, in order, read a page at a time."""
     while True:
-        entries: Any = client.xrange(key, min=last, count=_READ_BATCH)
-        if last != "-":
-            entries = entries[1:] if entries and _text(entries[0][0]) == last else entries
-        if not entries:
-            return out
-        out += [_fields(raw) for _, raw in entries]
-        last = _text(entries[-1][0])
+        entries: Any = client.xrange(key, min=f"({last_id}", count=_READ_BATCH)
+        for entry_id, raw in entries:
+            last_id = _text(entry_id)
+            yield last_id, _fields(raw)
+        if len(entries) < _READ_BATCH:
+            return
