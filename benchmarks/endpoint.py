@@ -3,7 +3,7 @@
     python -m benchmarks.endpoint            # ~2 minutes
     python -m benchmarks.endpoint --quick    # 5 s windows, no local model
 
-Each case is one :func:`service.bench.run_bench` (the client and limiter ``generate`` uses,
+Each case is one :func:`service.bench.loadtest.run_bench` (the client and limiter ``generate`` uses,
 ``--rpm`` set to the server's limit) against a fresh ``selfinstruct simulate`` child
 process (so client and server CPU are measured apart, each on its own core): the achieved
 request rate against the limit, the share of 429s, CPU seconds per 1,000 requests on
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from benchmarks._results import table, write_section
 from benchmarks.limiters import external_simulator
-from service.bench import BenchReport, BenchSettings, run_bench
+from service.bench.loadtest import BenchReport, BenchSettings, run_bench
 from service.llm import install_uvloop
 
 RPM = 60_000
@@ -99,7 +99,7 @@ def rows(results: list[Measured]) -> list[list[object]]:
 
 
 def local_model(window_s: float) -> list[list[object]] | None:
-    if importlib.util.find_spec("service.local") is None:
+    if importlib.util.find_spec("service.llm.local") is None:
         return None
     install_uvloop()
     out: list[list[object]] = []
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "non-streaming calls reuse connections without errors.",
         ]
     elif not args.quick:
-        sections.append("_The embedded local model was not available (no service/local.py)._")
+        sections.append("_The embedded local model was not available (no service/llm/local.py)._")
     load = (f"_Load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
             "after: other processes share the cores._")
     print(load)

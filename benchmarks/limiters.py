@@ -35,7 +35,7 @@ from aiolimiter import AsyncLimiter
 from asyncio_throttle.throttler import Throttler
 
 from benchmarks._results import table, write_section
-from service.bench import SendingStopped, TracingLimiter, make_prompt
+from service.bench.loadtest import SendingStopped, TracingLimiter, make_prompt
 from service.errors import LLMError
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RateLimiter, RetrySettings
 from service.llm.errors import RateLimitError, RetriesExhausted

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._results import table, write_section
+from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from service.verify import verify_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RPM = 6000

@@ -39,9 +39,9 @@ from typing import Any
 import orjson
 
 from benchmarks._results import table, write_section
+from service.rundir.store import RUN_JSON, TASKS
+from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from service.store import RUN_JSON, TASKS
-from service.verify import verify_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS: dict[str, Any] = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01,

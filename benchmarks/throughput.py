@@ -4,7 +4,7 @@ CPU per request with 10,000 requests in flight.
     python -m benchmarks.throughput               # ~4.5 minutes
     python -m benchmarks.throughput --quick       # short windows (smoke run)
 
-Every case is :func:`service.bench.run_bench` (the client and limiter ``generate`` uses,
+Every case is :func:`service.bench.loadtest.run_bench` (the client and limiter ``generate`` uses,
 plus the bench's bookkeeping) against ``selfinstruct simulate`` in a child process, so the
 CPU of this process is the client's alone (``resource.getrusage(RUSAGE_SELF)``); the
 simulator's CPU is read from /proc. Both raise their open-files limit to the hard limit.
@@ -48,7 +48,7 @@ import aiohttp
 
 from benchmarks._results import table, write_section
 from benchmarks.limiters import ExternalSim, external_simulator
-from service.bench import BenchReport, BenchSettings, run_bench
+from service.bench.loadtest import BenchReport, BenchSettings, run_bench
 from service.llm import http as lean_http
 from service.llm import install_uvloop
 

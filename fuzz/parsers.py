@@ -39,12 +39,12 @@ if str(ROOT) not in sys.path:
 
 from service.config import Config, load_config  # noqa: E402
 from service.errors import ConfigError, InputError  # noqa: E402
-from service.filters import clean_instruction, filter_instances, instruction_rejection  # noqa: E402
-from service.seeds import Instance, load_seed_tasks  # noqa: E402
+from service.generate.filters import clean_instruction, filter_instances, instruction_rejection  # noqa: E402
+from service.generate.stages.classify import parse_classify_answer  # noqa: E402
+from service.generate.stages.instances import parse_input_first, parse_output_first  # noqa: E402
+from service.generate.stages.instructions import parse_instruction_items  # noqa: E402
+from service.rundir.seeds import Instance, load_seed_tasks  # noqa: E402
 from service.simulator.answers import AnswerSettings, answer, rng_for  # noqa: E402
-from service.stages.classify import parse_classify_answer  # noqa: E402
-from service.stages.instances import parse_input_first, parse_output_first  # noqa: E402
-from service.stages.instructions import parse_instruction_items  # noqa: E402
 
 FILTERS = Config().filters
 _scratch: list[Path] = []  # one temporary directory, made on first use

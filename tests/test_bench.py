@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from service import cli
-from service.bench import BenchSettings, make_prompt, peak_window, run_bench, safe_url
+from service.bench.loadtest import BenchSettings, make_prompt, peak_window, run_bench, safe_url
 from service.errors import ConfigError
 from service.simulator import SimSettings, SimulatedServer
 

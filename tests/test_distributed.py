@@ -15,9 +15,9 @@ import redis
 from rouge_score import rouge_scorer
 
 from service.config import load_config
-from service.distributed import Keys, RedisCoordinator, gather_run
+from service.generate.distributed import Keys, RedisCoordinator, gather_run
+from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from service.verify import verify_run
 from tests.conftest import PYTHON, ROOT
 
 pytestmark = pytest.mark.redis

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from service.export import (
+from service.rundir.export import (
     END_OF_TEXT,
     PROMPT_COMPLETION_WITH_INPUT,
     PROMPT_COMPLETION_WITHOUT_INPUT,

@@ -13,9 +13,9 @@ import pytest
 
 from service import cli
 from service.errors import RunDirError
-from service.export import FORMATS, export_run
-from service.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS
-from service.verify import (
+from service.rundir.export import FORMATS, export_run
+from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS
+from service.rundir.verify import (
     CHECKS,
     CONFLICTING_OUTPUTS,
     COUNTERS,

@@ -1,4 +1,4 @@
-"""The embedded llama.cpp server (service.local) against the real SmolLM2-135M model.
+"""The embedded llama.cpp server (service.llm.local) against the real SmolLM2-135M model.
 
 Each test starts a real server (about a second) and checks that it answers, and that
 every way out of the ``async with`` block (normal exit, an exception, cancellation while a
@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from service.errors import ConfigError
-from service.local import (
+from service.llm.local import (
     LocalModelError,
     LocalModelServer,
     LocalModelSettings,
@@ -112,7 +112,7 @@ async def test_serves_completions_and_chat_then_stops_cleanly() -> None:
 
 async def test_exception_inside_the_block_stops_the_server() -> None:
     threads_before = non_daemon_threads()
-    # The settings-object form, as service.run.endpoint_for uses it.
+    # The settings-object form, as service.generate.orchestrator.endpoint_for uses it.
     server = LocalModelServer(LocalModelSettings(n_parallel=2, threads=1))
     with pytest.raises(Boom):
         async with server:

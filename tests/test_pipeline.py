@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.run import run_generate
+from service.generate.orchestrator import run_generate
+from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
+from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from service.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
-from service.verify import verify_run
 from tests.conftest import PYTHON, ROOT, make_config
 
 

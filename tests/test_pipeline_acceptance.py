@@ -2,7 +2,7 @@
 every rejection reason, five kill -9 with resume, both APIs end to end, and repeatable
 output for a fixed seed.
 
-What is repeatable (service/pipeline.py's docstring): with ``--max-in-flight 1`` the
+What is repeatable (service/generate/pipeline.py's docstring): with ``--max-in-flight 1`` the
 stages take turns as the reference does (ask for instructions, admit them, finish every
 admitted task, ask again), so for a fixed ``--seed``, the same settings and a
 deterministic endpoint (the simulator with a fixed seed) tasks.jsonl, instructions.jsonl
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import orjson
 
-from service import filters
 from service.config import FilterConfig
-from service.pipeline import NEAR_DUPLICATE, TRUNCATED
-from service.run import run_generate
+from service.generate import filters
+from service.generate.orchestrator import run_generate
+from service.generate.pipeline import NEAR_DUPLICATE, TRUNCATED
+from service.generate.stages.instances import parse_input_first, parse_output_first
+from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
+from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer, apply_limits
 from service.simulator.answers import BAD_INSTANCE_KINDS, bad_instances
-from service.stages.instances import parse_input_first, parse_output_first
-from service.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
-from service.verify import verify_run
 from tests.conftest import PYTHON, ROOT, make_config
 
 # Every reason a run can write to rejected.jsonl: the filters' constants and the two the

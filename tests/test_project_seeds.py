@@ -17,8 +17,8 @@ import pytest
 from rouge_score import rouge_scorer
 
 from service.config import FilterConfig
-from service.filters import filter_instances, instruction_rejection
-from service.seeds import SeedTask, default_seed_path, load_seed_tasks
+from service.generate.filters import filter_instances, instruction_rejection
+from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 
 THRESHOLD = 0.7
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -35,19 +35,19 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.backend import Backend, Choice, Sampling, StagePrompt
 from service.config import Config
-from service.filters import clean_instruction, filter_instances
-from service.llm_backend import open_backend
-from service.run import run_generate
-from service.seeds import default_seed_path, load_seed_tasks
-from service.serve import ServeSettings, Worker
+from service.generate.backend import Backend, Choice, Sampling, StagePrompt
+from service.generate.filters import clean_instruction, filter_instances
+from service.generate.llm_backend import open_backend
+from service.generate.orchestrator import run_generate
+from service.generate.stages import classify as classify_stage
+from service.generate.stages import instances as instance_stage
+from service.generate.stages import instructions as instruction_stage
+from service.rundir.seeds import default_seed_path, load_seed_tasks
+from service.rundir.store import INSTRUCTIONS, JSONL_FILES, REJECTED, RUN_JSON, SEEDS, TASKS, RunDir
+from service.rundir.verify import PARSE, verify_run
+from service.serve.app import ServeSettings, Worker
 from service.simulator import SimSettings, SimulatedServer
-from service.stages import classify as classify_stage
-from service.stages import instances as instance_stage
-from service.stages import instructions as instruction_stage
-from service.store import INSTRUCTIONS, JSONL_FILES, REJECTED, RUN_JSON, SEEDS, TASKS, RunDir
-from service.verify import PARSE, verify_run
 from tests.conftest import PYTHON, ROOT, make_config
 
 FAULTS: dict[str, Any] = {"error_rate": 0.05, "reset_rate": 0.01, "garbage_rate": 0.01,
@@ -271,7 +271,7 @@ async def test_fault_soak_reaches_target_counts_every_fault_and_writes_nothing_f
 # write is split (signals, a full disk, a network file system).
 TORN_CHILD = """
 import os, sys, time
-import service.store as store
+import service.rundir.store as store
 
 class _SplitWrites:
     def __getattr__(self, name):

@@ -32,9 +32,9 @@ from service.cli import build_parser
 from service.cli import main as cli_main
 from service.config import Secret
 from service.errors import ConfigError
-from service.serve import ServeSettings, Worker, is_loopback
+from service.rundir.store import RUN_JSON, TASKS
+from service.serve.app import ServeSettings, Worker, is_loopback
 from service.simulator import SimSettings, SimulatedServer
-from service.store import RUN_JSON, TASKS
 from tests.conftest import PYTHON, ROOT
 
 CANARY = "sk-canaryKEY-5b8e2f7d1c9a4e3b"

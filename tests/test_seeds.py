@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import InputError
-from service.seeds import Instance, default_seed_path, load_seed_tasks
+from service.rundir.seeds import Instance, default_seed_path, load_seed_tasks
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAPER_SEEDS = SHARED_DATA / "seed_tasks.jsonl"

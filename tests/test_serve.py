@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli import main as cli_main
 from service.config import Secret
-from service.logs import configure_logging, reset_logging
-from service.serve import ServeSettings, Worker
+from service.rundir.store import TASKS
+from service.rundir.verify import verify_run
+from service.serve.app import ServeSettings, Worker
+from service.serve.logs import configure_logging, reset_logging
 from service.simulator import SimSettings, SimulatedServer
-from service.store import TASKS
-from service.verify import verify_run
 from tests.conftest import PYTHON, ROOT
 
 CANARY = "sk-CANARY-7f3a9c1e5b2d4f60"
@@ -407,7 +407,7 @@ async def test_second_worker_on_the_same_state_dir_is_refused(tmp_path: Path) ->
 async def test_two_workers_on_redis_share_one_run(tmp_path: Path, redis_url: str) -> None:
     """`serve --redis URL`: the same run_id submitted to two workers is one distributed run:
     the target is met once, globally, and the gathered run verifies."""
-    from service.distributed import gather_run
+    from service.generate.distributed import gather_run
 
     env = {"SELFINSTRUCT_REDIS": redis_url}  # what `serve --redis URL` puts under each job
     async with SimulatedServer(SimSettings(latency_ms=20, seed=2)) as sim, \

@@ -17,29 +17,29 @@ import pytest
 from rouge_score import rouge_scorer
 
 from service.config import FilterConfig
-from service.filters import clean_instruction, instruction_rejection
-from service.seeds import default_seed_path, load_seed_tasks
-from service.simulator import SimSettings, SimulatedServer, apply_limits
-from service.simulator.answers import FAMILY_SIZE, family_instruction
-from service.stages.classify import (
+from service.generate.filters import clean_instruction, instruction_rejection
+from service.generate.stages.classify import (
     build_classify_prompt,
     parse_classify_answer,
     pick_classify_examples,
 )
-from service.stages.instances import (
+from service.generate.stages.instances import (
     build_input_first_prompt,
     build_output_first_prompt,
     parse_input_first,
     parse_output_first,
     pick_instance_examples,
 )
-from service.stages.instructions import (
+from service.generate.stages.instructions import (
     build_instruction_prompt,
     choose_examples,
     parse_instruction_items,
     stop_sequences,
 )
-from service.templates import load_templates
+from service.generate.templates import load_templates
+from service.rundir.seeds import default_seed_path, load_seed_tasks
+from service.simulator import SimSettings, SimulatedServer, apply_limits
+from service.simulator.answers import FAMILY_SIZE, family_instruction
 from tests.conftest import SimFactory
 
 pytestmark = pytest.mark.timeout(60)

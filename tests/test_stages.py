@@ -7,7 +7,7 @@ import random
 import pytest
 
 from service.config import FilterConfig
-from service.filters import (
+from service.generate.filters import (
     BLACKLISTED_WORD,
     CONFLICTING_OUTPUTS,
     DUPLICATE_INSTANCE,
@@ -25,25 +25,25 @@ from service.filters import (
     filter_instances,
     instruction_rejection,
 )
-from service.seeds import Instance, SeedTask
-from service.stages.classify import (
+from service.generate.stages.classify import (
     build_classify_prompt,
     parse_classify_answer,
     pick_classify_examples,
 )
-from service.stages.instances import (
+from service.generate.stages.instances import (
     build_input_first_prompt,
     build_output_first_prompt,
     parse_input_first,
     parse_output_first,
 )
-from service.stages.instructions import (
+from service.generate.stages.instructions import (
     build_instruction_prompt,
     choose_examples,
     parse_instruction_items,
     stop_sequences,
 )
-from service.templates import load_templates
+from service.generate.templates import load_templates
+from service.rundir.seeds import Instance, SeedTask
 
 T = load_templates()
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from service.errors import RunDirError
-from service.store import (
+from service.rundir.store import (
     INSTRUCTIONS,
     LOCK,
     REJECTED,

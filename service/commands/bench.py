@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import orjson
 
-from service.bench import (
+from service.bench.loadtest import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_TOKENS,

@@ -10,8 +10,8 @@ from typing import BinaryIO
 
 from dedup.pool import INDEXES
 from dedup.tokenize import TOKENIZERS
-from service.dedup_file import DedupCounts, ProgressBar, dedup_file
 from service.errors import ConfigError
+from service.file_filter import DedupCounts, ProgressBar, dedup_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

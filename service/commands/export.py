@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from service.errors import ConfigError, InputError
-from service.export import DEFAULT_FORMAT, FORMATS, export_run
+from service.rundir.export import DEFAULT_FORMAT, FORMATS, export_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.run_id:
             raise ConfigError("--redis needs --run-id (the distributed run to gather)")
         from service.config import load_config
-        from service.distributed import gather_run
+        from service.generate.distributed import gather_run
 
         load_config({"redis": args.redis, "run_id": args.run_id}, env={})  # validates both
         counts = gather_run(args.redis, args.run_id, args.run)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from service.commands._options import add_generate_options, config_from_args
-from service.run import print_summary, run_generate, show_tasks
+from service.generate.orchestrator import print_summary, run_generate, show_tasks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config, _ = config_from_args(args)
-    from service.llm_backend import install_uvloop
+    from service.generate.llm_backend import install_uvloop
 
     install_uvloop()
     result = asyncio.run(run_generate(config))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.seeds import default_seed_path, load_seed_tasks
+from service.rundir.seeds import default_seed_path, load_seed_tasks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

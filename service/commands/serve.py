@@ -20,7 +20,7 @@ from service.config import Secret
 from service.errors import ConfigError, SelfInstructError
 
 if TYPE_CHECKING:  # the module itself is imported lazily: `--help` needs no aiohttp
-    from service.serve import ServeSettings
+    from service.serve.app import ServeSettings
 
 DEFAULT_TOKEN_ENV = "SELFINSTRUCT_SERVE_TOKEN"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSettings:
-    from service.serve import ServeSettings
+    from service.serve.app import ServeSettings
 
     token_env = str(args.token_env)
     if not _ENV_NAME.fullmatch(token_env):
@@ -61,8 +61,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Serv
 
 def run(args: argparse.Namespace) -> int:
     from service.llm.loop import install_uvloop
-    from service.logs import configure_logging, log_event
-    from service.serve import serve_until_signalled
+    from service.serve.app import serve_until_signalled
+    from service.serve.logs import configure_logging, log_event
 
     settings = settings_from_args(args, os.environ)
     env = dict(os.environ)

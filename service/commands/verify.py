@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from service.verify import verify_run
+from service.rundir.verify import verify_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

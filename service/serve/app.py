@@ -34,7 +34,7 @@ from aiohttp import web
 
 from service.config import Secret
 from service.errors import ConfigError, SelfInstructError
-from service.jobs import (
+from service.serve.jobs import (
     RUNNING,
     TERMINAL,
     BackendFactory,
@@ -43,8 +43,8 @@ from service.jobs import (
     JobService,
     valid_job_id,
 )
-from service.logs import log_event
-from service.metrics import CONTENT_TYPE, ServeMetrics
+from service.serve.logs import log_event
+from service.serve.metrics import CONTENT_TYPE, ServeMetrics
 
 DEFAULT_MAX_BODY = 64 * 1024
 SSE_INTERVAL_S = 0.5

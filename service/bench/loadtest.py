@@ -67,7 +67,7 @@ _FILLER = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hot
 @dataclass(frozen=True)
 class BenchSettings:
     """``base_url`` None: the embedded local model is started for the bench (needs
-    :mod:`service.local`). Give ``duration_s`` or ``requests`` (not both; neither: 10 s)."""
+    :mod:`service.llm.local`). Give ``duration_s`` or ``requests`` (not both; neither: 10 s)."""
 
     base_url: str | None
     api_key: Secret | None = None
@@ -302,13 +302,13 @@ async def bench_endpoint(settings: BenchSettings) -> AsyncIterator[BenchSettings
     if settings.base_url is not None:
         yield settings if settings.model else dataclasses.replace(settings, model="default")
         return
-    if importlib.util.find_spec("service.local") is None:
+    if importlib.util.find_spec("service.llm.local") is None:
         raise ConfigError(
             "bench: no --base-url (or OPENAI_BASE_URL) given, and the embedded local model "
-            "is not available in this build (service/local.py is missing); pass --base-url URL"
+            "is not available in this build (service/llm/local.py is missing); pass --base-url URL"
         )
     from service.config import Config
-    from service.run import endpoint_for
+    from service.generate.orchestrator import endpoint_for
 
     config = Config(base_url=None, model=settings.model, api=settings.api,
                     max_in_flight=settings.concurrency)

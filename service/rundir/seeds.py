@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
+from prompts import PROMPTS_DIR
 from service.errors import InputError
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_SEED_TASKS = PROMPTS_DIR / "seed_tasks.jsonl"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 

@@ -38,7 +38,7 @@ from typing import Any, cast
 import orjson
 
 from service.errors import RunDirError
-from service.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS, read_run_json
+from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS, read_run_json
 
 PARSE = "parse"
 SCHEMA = "schema"

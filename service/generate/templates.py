@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from prompts import PROMPTS_DIR
 from service.errors import ConfigError
-from service.seeds import PROMPTS_DIR
 
 TEMPLATES_FILE = PROMPTS_DIR / "templates.toml"
 

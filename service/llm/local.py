@@ -132,20 +132,24 @@ def _check_server_package() -> None:
         )
 
 
+# The folder holding the `service` package: the child process imports it from there.
+_PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
+
+
 def _child_env() -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
         if not any(marker in name.upper() for marker in _SECRET_ENV_MARKERS)
     }
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(_PROJECT_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
 _BOOTSTRAP: Final = (
     "import sys; sys.path.insert(0, {root!r}); "
-    "from service.local import _child_main; sys.exit(_child_main(sys.argv[1]))"
+    "from service.llm.local import _child_main; sys.exit(_child_main(sys.argv[1]))"
 )
 
 
@@ -270,7 +274,7 @@ class LocalModelServer:
             "port": self.settings.port,
         }
         deadline = time.monotonic() + self.settings.startup_timeout
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(_PROJECT_ROOT)
         # Lives as long as the server (closed in stop()), so no `with` block.
         self._stderr = tempfile.TemporaryFile(prefix="selfinstruct-llama-")  # noqa: SIM115
         try:

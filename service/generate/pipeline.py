@@ -38,16 +38,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service import __version__
-from service.backend import Backend, Choice, Sampling, StagePrompt
 from service.config import Config
 from service.errors import BudgetExceeded, LLMError, RunDirError, SelfInstructError
-from service.filters import clean_instruction, filter_instances, instruction_rejection
-from service.seeds import Instance, SeedTask
-from service.stages import classify as classify_stage
-from service.stages import instances as instance_stage
-from service.stages import instructions as instruction_stage
-from service.store import INSTRUCTIONS, REJECTED, SEEDS, TASKS, RunDir
-from service.templates import Templates, load_templates
+from service.generate.backend import Backend, Choice, Sampling, StagePrompt
+from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
+from service.generate.stages import classify as classify_stage
+from service.generate.stages import instances as instance_stage
+from service.generate.stages import instructions as instruction_stage
+from service.generate.templates import Templates, load_templates
+from service.rundir.seeds import Instance, SeedTask
+from service.rundir.store import INSTRUCTIONS, REJECTED, SEEDS, TASKS, RunDir
 
 TRUNCATED = "truncated_response"
 NEAR_DUPLICATE = "near_duplicate"
@@ -78,7 +78,7 @@ class PendingTask:
 
 
 class Coordinator(Protocol):
-    """Several processes on one run (see service.distributed). Admission goes through
+    """Several processes on one run (see service.generate.distributed). Admission goes through
     the ``admit`` function the coordinator built; admitted work is handed out by
     :meth:`work` (to any process), and a task is committed once, globally."""
 

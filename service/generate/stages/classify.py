@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from service.seeds import SeedTask
-from service.templates import Templates
+from service.generate.templates import Templates
+from service.rundir.seeds import SeedTask
 
 CLASSIFY_EXAMPLES = (12, 19)  # classification, not: as in the reference
 

@@ -1,4 +1,4 @@
-"""The production :class:`service.backend.Backend`: pipeline stages over the HTTP client.
+"""The production :class:`service.generate.backend.Backend`: pipeline stages over the HTTP client.
 
 One :class:`LLMClient` (one aiohttp session, one limiter, one accounting) per endpoint;
 every stage that talks to the same endpoint shares it, so the rate limit and the budget
@@ -16,8 +16,8 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from service.backend import Choice, Sampling, StagePrompt
 from service.config import Config
+from service.generate.backend import Choice, Sampling, StagePrompt
 from service.llm import (
     BudgetSettings,
     ClientSettings,

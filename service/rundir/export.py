@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 
 from service.errors import RunDirError
-from service.store import SEEDS, TASKS
+from service.rundir.store import SEEDS, TASKS
 
 EXPORT_DIR = "export"
 END_OF_TEXT = "<|endoftext|>"

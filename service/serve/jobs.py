@@ -35,15 +35,15 @@ from typing import Any
 import orjson
 
 from service import __version__
-from service.backend import Backend
 from service.config import Config, Secret, load_config
 from service.errors import ConfigError, SelfInstructError
-from service.logs import log_event
-from service.metrics import Baseline, JobsView, ServeMetrics, Totals, pipeline_totals
-from service.pipeline import Pipeline
+from service.generate.backend import Backend
+from service.generate.orchestrator import run_generate
+from service.generate.pipeline import Pipeline
 from service.progress import Progress
-from service.run import run_generate
-from service.store import write_json_atomic
+from service.rundir.store import write_json_atomic
+from service.serve.logs import log_event
+from service.serve.metrics import Baseline, JobsView, ServeMetrics, Totals, pipeline_totals
 
 JOB_JSON = "job.json"
 RUN_SUBDIR = "run"

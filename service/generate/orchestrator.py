@@ -17,17 +17,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.backend import Backend
 from service.config import Config, StageConfig
-from service.dedup_bridge import make_admit
 from service.errors import ConfigError, SelfInstructError
-from service.pipeline import Pipeline, RunSummary, seeds_for_run
+from service.generate.admission import make_admit
+from service.generate.backend import Backend
+from service.generate.pipeline import Pipeline, RunSummary, seeds_for_run
 from service.progress import Progress, status_line
-from service.seeds import SeedTask, default_seed_path, load_seed_tasks
-from service.store import TASKS, RunDir
+from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
+from service.rundir.store import TASKS, RunDir
 
 if TYPE_CHECKING:
-    from service.distributed import RedisCoordinator
+    from service.generate.distributed import RedisCoordinator
     from service.llm.limiter import RateLimiter
 
 
@@ -45,7 +45,7 @@ async def endpoint_for(config: Config) -> AsyncIterator[Config]:
     if config.base_url is not None:
         yield config
         return
-    from service.local import LocalModelServer, LocalModelSettings
+    from service.llm.local import LocalModelServer, LocalModelSettings
 
     settings = LocalModelSettings(
         model_path=config.local_model,
@@ -102,7 +102,7 @@ async def run_generate(
             progress.message(f"repaired {repair.describe()}")
         seeds = seeds_for_run(run_dir, seeds)
         if backend_factory is None:
-            from service.llm_backend import open_backend
+            from service.generate.llm_backend import open_backend
 
             backend_factory = functools.partial(open_backend, limiter=limiter)
         live_config = await stack.enter_async_context(endpoint_for(config))
@@ -149,7 +149,7 @@ async def run_generate(
 async def _join_distributed(
     config: Config, stack: contextlib.AsyncExitStack
 ) -> tuple[RedisCoordinator, RateLimiter]:
-    from service.distributed import RedisCoordinator, SharedRateLimiter
+    from service.generate.distributed import RedisCoordinator, SharedRateLimiter
     from service.llm.limiter import LimiterSettings
 
     if config.run_id is None:
@@ -165,7 +165,7 @@ async def _join_distributed(
 
 
 def _existing_texts(run_dir: RunDir) -> list[str]:
-    from service.store import INSTRUCTIONS
+    from service.rundir.store import INSTRUCTIONS
 
     return [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]
 
@@ -198,7 +198,7 @@ def _as_error(exc: BaseException) -> SelfInstructError:
 
 def show_tasks(out: Path, count: int = 2) -> list[dict[str, Any]]:
     """The first finished tasks, for the end-of-run summary."""
-    from service.store import read_jsonl
+    from service.rundir.store import read_jsonl
 
     shown: list[dict[str, Any]] = []
     for _, record in read_jsonl(out / TASKS):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from service.config import FilterConfig
-from service.seeds import Instance
+from service.rundir.seeds import Instance
 
 # instruction-level reasons
 TOO_SHORT = "too_short"

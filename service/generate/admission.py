@@ -12,7 +12,7 @@ from typing import Any
 
 from dedup.pool import Pool
 from service.config import Config
-from service.pipeline import Admission, AdmitFn
+from service.generate.pipeline import Admission, AdmitFn
 
 
 def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequence[str]) -> Pool:

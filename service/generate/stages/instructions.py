@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.templates import Templates
+from service.generate.templates import Templates
 
 # A new item starts on a line that begins with a number and "." or ")"; the reference
 # split on "\n<number>. " only, which merges items numbered "10)" or " 10." into the

@@ -27,7 +27,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.pipeline import Admission, AdmitFn, Pipeline
+from service.generate.pipeline import Admission, AdmitFn, Pipeline
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

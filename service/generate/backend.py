@@ -1,7 +1,7 @@
 """What the pipeline needs from a language model, and nothing more.
 
 The pipeline talks to a :class:`Backend`: "complete these prompts for stage X". The
-production implementation (:mod:`service.llm_backend`) routes each stage to its
+production implementation (:mod:`service.generate.llm_backend`) routes each stage to its
 endpoint and model, picks the completions or chat API, batches prompts into one request
 where the API allows it, and shares one client and one rate limiter among all stages.
 Keeping this seam narrow lets the pipeline be tested against the real simulated server

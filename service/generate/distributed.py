@@ -41,11 +41,18 @@ import redis.asyncio as aioredis
 from dedup.pool import Pool
 from service.config import Config
 from service.errors import ConfigError
+from service.generate.pipeline import Admission, AdmitFn, PendingTask
 from service.llm.limiter import LimiterSettings, Permit, RateLimiter
-from service.pipeline import Admission, AdmitFn, PendingTask
+from service.rundir.seeds import SeedTask
+from service.rundir.store import (
+    INSTRUCTIONS,
+    RUN_JSON,
+    SEEDS,
+    TASKS,
+    JsonlWriter,
+    write_json_atomic,
+)
 from service.secret import safe_url
-from service.seeds import SeedTask
-from service.store import INSTRUCTIONS, RUN_JSON, SEEDS, TASKS, JsonlWriter, write_json_atomic
 
 GROUP = "workers"
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from service.seeds import Instance, SeedTask
-from service.templates import Templates
+from service.generate.templates import Templates
+from service.rundir.seeds import Instance, SeedTask
 
 NULL_INPUTS = {"", "[null]", "null", "none", "n/a", "na", "<noinput>", "no input", "(none)", "[none]", "-"}
 

@@ -1,0 +1,1 @@
+"""`selfinstruct bench`: load tests through the same client and limiter as generate."""

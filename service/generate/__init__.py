@@ -1,0 +1,1 @@
+"""`selfinstruct generate`: the pipeline, its stages and filters, admission, orchestration."""

@@ -1,0 +1,1 @@
+"""The run directory: append-only store, seed tasks, invariants (verify), export formats."""
