@@ -162,14 +162,75 @@ def _to_jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # Coercion and validation: one table, so every key is checked the same way.
 
-_POSITIVE_INT = {
-    "target", "max_in_flight", "max_attempts", "prompts_per_request", "num_prompt_instructions",
-    "local_n_ctx", "local_n_parallel", "local_threads", "rpm", "tpm", "max_total_tokens",
-    "max_words", "max_instances", "max_tokens",
+# Every numeric key's inclusive range, in one table: the TOML file, the environment,
+# flags and job bodies of `serve` are all checked against it (and serve's own limits,
+# the keys after "worker"). Upper bounds keep one request from exhausting memory
+# (300,000 in flight cost ~390 MB) and every duration finite.
+DAY_S = 86_400.0
+RANGES: dict[str, tuple[float, float]] = {
+    # run and endpoint
+    "target": (1, 10_000_000),
+    "seed": (0, 2**63 - 1),
+    "rpm": (1, 100_000_000),
+    "tpm": (1, 100_000_000_000),
+    "max_in_flight": (1, 10_000),
+    "request_timeout": (0.01, 3_600.0),
+    "max_attempts": (1, 100),
+    "deadline": (0.01, DAY_S),
+    "budget_usd": (1e-6, 1e9),
+    "max_total_tokens": (1, 10**13),
+    "prompts_per_request": (1, 100),
+    # method
+    "num_prompt_instructions": (1, 64),
+    "num_machine_instructions": (0, 64),
+    "classification_share": (0.0, 1.0),
+    "threshold": (0.0, 1.0),
+    # stages
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "max_tokens": (1, 1_000_000),
+    # filters
+    "min_words": (0, 100_000),
+    "max_words": (1, 100_000),
+    "max_instances": (1, 1_000),
+    # embedded local model
+    "local_n_ctx": (256, 1_048_576),
+    "local_n_parallel": (1, 256),
+    "local_threads": (1, 1_024),
+    # distributed
+    "lease_seconds": (0.1, DAY_S),
+    # [prices."model"]: USD per 1M tokens
+    "input_per_1m": (0.0, 1e6),
+    "output_per_1m": (0.0, 1e6),
+    # worker (`selfinstruct serve`)
+    "port": (0, 65_535),
+    "max_jobs": (1, 1_000),
+    "max_queued_jobs": (1, 100_000),
+    "max_kept_jobs": (1, 1_000_000),
+    "job_retention_s": (60.0, 3_650 * DAY_S),
+    "max_sse_streams": (1, 10_000),
+    "drain_timeout_s": (0.1, 3_600.0),
+    "max_body_bytes": (1_024, 16 * 1024 * 1024),
 }
-_NON_NEGATIVE_INT = {"seed", "num_machine_instructions", "min_words"}
-_POSITIVE_FLOAT = {"request_timeout", "deadline", "budget_usd", "lease_seconds"}
-_UNIT_FLOAT = {"threshold", "classification_share", "top_p"}
+
+
+def out_of_range(name: str, value: float) -> str | None:
+    """None if ``value`` is within ``RANGES[name]``, else what was expected."""
+    low, high = RANGES[name]
+    if low <= value <= high:
+        return None
+    if isinstance(value, int) and float(low).is_integer() and float(high).is_integer():
+        return f"an integer from {int(low)} to {int(high)}"
+    return f"a number from {low:g} to {high:g}"
+
+
+def check_range(name: str, value: float, where: str) -> None:
+    """Raise a ConfigError naming ``where`` (a flag or key) when ``value`` is out of range."""
+    expected = out_of_range(name, value)
+    if expected is not None:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 
 
 def _fail(key: str, source: str, value: Any, expected: str) -> ConfigError:
@@ -223,10 +284,9 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
                 raise _fail(key, source, value, "an integer") from None
         if not isinstance(value, int):
             raise _fail(key, source, value, "an integer")
-        if name in _POSITIVE_INT and value <= 0:
-            raise _fail(key, source, original, "a positive integer")
-        if name in _NON_NEGATIVE_INT and value < 0:
-            raise _fail(key, source, original, "an integer >= 0")
+        expected = out_of_range(name, value)
+        if expected is not None:
+            raise _fail(key, source, original, expected)
         return value
     if "float" in type_text:
         if isinstance(value, bool):
@@ -239,14 +299,9 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise _fail(key, source, value, "a finite number")
         value = float(value)
-        if name in _POSITIVE_FLOAT and value <= 0:
-            raise _fail(key, source, original, "a number > 0")
-        if name in _UNIT_FLOAT and not 0.0 <= value <= 1.0:
-            raise _fail(key, source, original, "a number between 0 and 1")
-        if name == "temperature" and not 0.0 <= value <= 2.0:
-            raise _fail(key, source, original, "a number between 0 and 2")
-        if name in {"presence_penalty", "frequency_penalty"} and not -2.0 <= value <= 2.0:
-            raise _fail(key, source, original, "a number between -2 and 2")
+        expected = out_of_range(name, value)
+        if expected is not None:
+            raise _fail(key, source, original, expected)
         return value
     if "Path" in type_text:
         if not isinstance(value, str | Path) or not str(value).strip() or "\x00" in str(value):
@@ -416,8 +471,12 @@ def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
         pair = []
         for side in ("input_per_1m", "output_per_1m"):
             value = table.get(side, 0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise _fail(f"{key}.{side}", src, value, "a number >= 0")
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value):
+                raise _fail(f"{key}.{side}", src, value, "a finite number")
+            expected = out_of_range(side, float(value))
+            if expected is not None:
+                raise _fail(f"{key}.{side}", src, value, expected)
             pair.append(float(value))
         prices[str(model)] = (pair[0], pair[1])
     return prices

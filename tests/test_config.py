@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from service.cli import main
-from service.config import Config, Secret, load_config, render
+from service.config import RANGES, Config, FilterConfig, Secret, StageConfig, load_config, render
 from service.errors import ConfigError
 
 
@@ -58,9 +59,9 @@ def test_stage_overrides_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "env", "toml", "message"),
     [
-        ({"target": "0"}, {}, "", "'target' (from flags): expected a positive integer, got '0'"),
+        ({"target": "0"}, {}, "", "'target' (from flags): expected an integer from 1 to 10000000, got '0'"),
         ({"target": "ten"}, {}, "", "'target' (from flags): expected an integer, got 'ten'"),
-        ({"threshold": "1.5"}, {}, "", "'threshold' (from flags): expected a number between 0 and 1"),
+        ({"threshold": "1.5"}, {}, "", "'threshold' (from flags): expected a number from 0 to 1"),
         ({"threshold": "nan"}, {}, "", "'threshold' (from flags): expected a finite number"),
         ({}, {"SELFINSTRUCT_RPM": "-3"}, "", "'rpm' (from environment SELFINSTRUCT_RPM)"),
         ({}, {"SELFINSTRUCT_QUIET": "maybe"}, "", "'quiet' (from environment SELFINSTRUCT_QUIET): expected true or false"),
@@ -70,7 +71,7 @@ def test_stage_overrides_from_file(tmp_path: Path) -> None:
         ({}, {}, "target = 'x'\n", "'target' (from "),
         ({}, {}, "[stages.bogus]\nmodel='m'\n", "'stages.bogus'"),
         ({}, {}, "[stages.classify]\ntemprature=1\n", "'stages.classify.temprature'"),
-        ({}, {}, "[stages.classify]\ntemperature=9\n", "between 0 and 2"),
+        ({}, {}, "[stages.classify]\ntemperature=9\n", "a number from 0 to 2"),
         ({}, {}, "[filters]\nmin_words = 200\n", "'filters.min_words'"),
         ({}, {}, "target = [\n", "invalid TOML"),
         ({"run_id": "../../etc"}, {}, "", "'run_id' (from flags)"),
@@ -141,4 +142,60 @@ def test_bad_price_table(tmp_path: Path, toml: str, message: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(config_file=path, env={})
+
+
+def _numeric_fields() -> list[tuple[str, str]]:
+    """(table, key) for every int or float option of the configuration."""
+    found = []
+    for table, cls in (("", Config), ("stages.instances.", StageConfig),
+                       ("filters.", FilterConfig)):
+        for f in dataclasses.fields(cls):
+            if ("int" in str(f.type) or "float" in str(f.type)) and f.name != "prices":
+                found.append((table, f.name))
+    return found
+
+
+def test_every_numeric_option_has_a_range() -> None:
+    missing = [key for _, key in _numeric_fields() if key not in RANGES]
+    assert missing == []
+    assert all(low <= high for low, high in RANGES.values())
+
+
+@pytest.mark.parametrize(("table", "key"), _numeric_fields())
+def test_every_numeric_option_is_refused_past_its_range_in_every_layer(
+        tmp_path: Path, table: str, key: str) -> None:
+    low, high = RANGES[key]
+    is_int = float(low).is_integer() and float(high).is_integer() and not (
+        key in {"threshold", "classification_share", "top_p", "temperature",
+                "presence_penalty", "frequency_penalty"})
+    too_big = int(high) + 1 if is_int else high * 2 + 1
+    too_small = int(low) - 1 if is_int else low - abs(low) - 1
+    for bad in (too_big, too_small):
+        toml = tmp_path / "c.toml"
+        if table:
+            section = table.rstrip(".")
+            toml.write_text(f"[{section}]\n{key} = {bad!r}\n")
+        else:
+            toml.write_text(f"{key} = {bad!r}\n")
+        with pytest.raises(ConfigError, match=f"'{table}{key}' \\(from {toml}\\): expected"):
+            load_config({}, env={}, config_file=toml)
+        if not table:  # top-level keys also come from flags and the environment
+            with pytest.raises(ConfigError, match=f"'{key}' \\(from flags\\): expected"):
+                load_config({key: str(bad)}, env={})
+            name = "SELFINSTRUCT_" + key.upper()
+            with pytest.raises(ConfigError, match=f"'{key}' \\(from environment {name}\\)"):
+                load_config({}, env={name: str(bad)})
+    # the bounds themselves are accepted
+    edge = int(high) if is_int else high
+    toml = tmp_path / "ok.toml"
+    toml.write_text((f"[{table.rstrip('.')}]\n" if table else "") + f"{key} = {edge!r}\n")
+    if key not in {"num_prompt_instructions", "num_machine_instructions", "min_words"}:
+        load_config({}, env={}, config_file=toml)  # (those three are also checked together)
+
+
+def test_prices_have_a_range(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[prices.m]\ninput_per_1m = 1e300\n')
+    with pytest.raises(ConfigError, match="prices.m.input_per_1m.*from 0 to 1e"):
         load_config(config_file=path, env={})

@@ -28,7 +28,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from service.config import STAGES, Config, load_config
+from service.config import RANGES, STAGES, Config, load_config
 from service.errors import ConfigError, InputError
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.stages.classify import parse_classify_answer
@@ -185,7 +185,9 @@ def test_config_from_any_environment_and_flags_is_a_config_or_a_config_error(
     env = {k: v.replace("\x00", "") for k, v in {**env, **openai}.items()}  # env has no NULs
     result = _config_or_error(flags=flags, env=env)
     if isinstance(result, Config):
-        assert result.target > 0 and 0.0 <= result.threshold <= 1.0
+        for key, (low, high) in RANGES.items():  # every number within its range
+            value = getattr(result, key, None)
+            assert value is None or low <= value <= high, (key, value)
         if result.run_id is not None:
             _assert_safe_run_id(result.run_id)
         for path in (result.out, result.seed_tasks, result.local_model):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from service.config import Config, load_config
+from service.config import RANGES, Config, load_config
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
 GENERATE_FLAGS: dict[str, str] = {
@@ -70,6 +70,16 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-seconds", metavar="S", help="distributed: reclaim a silent worker's tasks after this (default 60)")
     parser.add_argument("--quiet", action="store_const", const=True, default=None, help="no progress display")
     parser.add_argument("--fsync", action="store_const", const=True, default=None, help="fsync every record (slower; survives power loss)")
+    add_range_help(parser)
+
+
+def add_range_help(parser: argparse.ArgumentParser) -> None:
+    """Append each numeric flag's range (config.RANGES, the one table) to its help."""
+    for action in parser._actions:  # argparse has no public way to list a parser's flags
+        bounds = RANGES.get(action.dest)
+        if bounds is not None and action.help and "range" not in action.help:
+            low, high = (int(b) if float(b).is_integer() else b for b in bounds)
+            action.help += f" (range {low}-{high})"
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
