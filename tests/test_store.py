@@ -199,3 +199,55 @@ def test_read_run_json_errors(tmp_path: Path, content: bytes, message: str) -> N
     (tmp_path / RUN_JSON).write_bytes(content)
     with pytest.raises(RunDirError, match=message):
         read_run_json(tmp_path)
+
+
+# ------------------------------------------------------------------ links are refused
+
+@pytest.mark.parametrize("name", [LOCK, TASKS, INSTRUCTIONS, RUN_JSON])
+def test_a_symlink_in_the_run_directory_is_refused_and_its_target_untouched(
+        tmp_path: Path, name: str) -> None:
+    """A `.lock` link made the lock truncate its target; a `tasks.jsonl` link made the
+    torn-tail repair cut another file. Now: refused with a clear error, never followed."""
+    root = tmp_path / "run"
+    root.mkdir()
+    victim = tmp_path / "victim.txt"
+    content = b"precious data without a final newline"
+    victim.write_bytes(content)
+    (root / name).symlink_to(victim)
+    with pytest.raises(RunDirError, match=rf"{name}: is a symbolic link; refusing to follow"):
+        with RunDir.open(root) as run:
+            run.read_run_json()  # run.json is only read
+            run.records(name)
+    assert victim.read_bytes() == content
+    assert (root / name).is_symlink()
+
+
+def test_a_dangling_link_is_not_created_through(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / TASKS).symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(RunDirError, match="symbolic link"):
+        RunDir.open(root)
+    with pytest.raises(RunDirError, match="symbolic link"):
+        JsonlWriter(root / TASKS).append({"id": "t"})
+    assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    os.mkfifo(root / TASKS)
+    with pytest.raises(RunDirError, match="not a regular file"):
+        RunDir.open(root)
+    with pytest.raises(RunDirError, match="not a regular file"):
+        JsonlWriter(root / TASKS)
+
+
+def test_atomic_write_replaces_a_planted_temporary_link_not_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep")
+    target = tmp_path / "run.json"
+    (tmp_path / f".run.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_json_atomic(target, {"a": 1})
+    assert victim.read_bytes() == b"keep"
+    assert orjson.loads(target.read_bytes()) == {"a": 1}

@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 
 from service.errors import RunDirError
-from service.rundir.store import SEEDS, TASKS
+from service.rundir.store import SEEDS, TASKS, open_file
 
 EXPORT_DIR = "export"
 END_OF_TEXT = "<|endoftext|>"
@@ -179,9 +179,9 @@ class _TornTail:
 
 def _iter_tasks(path: Path, torn: _TornTail) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, object); a bad complete line is an error, a torn last line is skipped."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    with path.open("rb") as fh:
+    with open_file(path) as fh:  # a link is refused, never followed
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue

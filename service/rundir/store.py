@@ -14,16 +14,23 @@ Layout (see contract.md):
     seeds.jsonl          the seed tasks the run started from (so verify/resume are self-contained)
     run.json             configuration (no secrets), counters, usage, timings, version
     .lock                held with flock(LOCK_EX) by the one process writing the directory
+
+Every file here is opened with ``O_NOFOLLOW`` and must be a regular file: a symbolic
+link (or a FIFO, a device) planted in a run directory is refused with a clear error,
+never followed, so a ``.lock`` link cannot make the lock truncate another file and a
+``tasks.jsonl`` link cannot make the torn-tail repair cut one.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
@@ -36,6 +43,33 @@ SEEDS = "seeds.jsonl"
 RUN_JSON = "run.json"
 LOCK = ".lock"
 JSONL_FILES = (TASKS, INSTRUCTIONS, REJECTED, SEEDS)
+
+
+def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link and accepts only a regular file
+    (``O_NONBLOCK`` while opening, so a FIFO cannot block us before it is refused)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(
+                f"{path}: is a symbolic link; refusing to follow it (files here must be "
+                "regular files: remove the link)"
+            ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing
+            raise RunDirError(f"{path}: not a regular file; refusing to use it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{path}: not a regular file; refusing to use it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_file(path: Path, mode: Literal["rb", "rb+"] = "rb") -> BinaryIO:
+    """A buffered binary file opened through :func:`open_fd`."""
+    fd = open_fd(path, os.O_RDONLY if mode == "rb" else os.O_RDWR)
+    return os.fdopen(fd, mode)
 
 
 @dataclass(frozen=True)
@@ -56,12 +90,13 @@ class Repair:
 def repair_torn_tail(path: Path) -> Repair | None:
     """Cut a last line that lacks its newline; return what was cut, or None."""
     try:
-        size = path.stat().st_size
+        fh = open_file(path, "rb+")
     except FileNotFoundError:
         return None
-    if size == 0:
-        return None
-    with path.open("rb+") as fh:
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return None
         fh.seek(size - 1)
         if fh.read(1) == b"\n":
             return None
@@ -92,9 +127,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     Call :func:`repair_torn_tail` first (RunDir.open does) so a crash's torn tail is
     never mistaken for corruption.
     """
-    if not path.exists():
+    try:
+        fh = open_file(path)
+    except FileNotFoundError:
         return
-    with path.open("rb") as fh:
+    with fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -116,7 +153,7 @@ class JsonlWriter:
         self.path = path
         self._fsync = fsync
         # O_APPEND: every write lands at the end even if the offset was stale.
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd: int | None = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.count = 0
 
     def append(self, record: dict[str, Any]) -> None:
@@ -139,21 +176,22 @@ class JsonlWriter:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write then rename: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    with tmp.open("wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _replace_atomically(path, payload)
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Write a whole JSONL file at once (temporary file, fsync, rename): a crash leaves no
     file or the complete one, never a part of it (for files written once, like seeds)."""
+    _replace_atomically(path, b"".join(orjson.dumps(record) + b"\n" for record in records))
+
+
+def _replace_atomically(path: Path, payload: bytes) -> None:
+    # A fresh temporary file (O_EXCL: whatever had its name, a link included, is gone
+    # first); the rename replaces ``path`` itself, never a link's target.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = b"".join(orjson.dumps(record) + b"\n" for record in records)
-    with tmp.open("wb") as fh:
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
         fh.write(payload)
         fh.flush()
         os.fsync(fh.fileno())
@@ -162,10 +200,13 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 def read_run_json(path: Path) -> dict[str, Any]:
     file = path / RUN_JSON
-    if not file.exists():
+    try:
+        with open_file(file) as fh:
+            raw = fh.read()
+    except FileNotFoundError:
         return {}
     try:
-        data = orjson.loads(file.read_bytes())
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise RunDirError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -210,7 +251,7 @@ class RunDir:
         return run
 
     def _lock(self) -> None:
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_fd(self.path / LOCK, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -38,7 +38,15 @@ from typing import Any, cast
 import orjson
 
 from service.errors import RunDirError
-from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS, read_run_json
+from service.rundir.store import (
+    INSTRUCTIONS,
+    REJECTED,
+    RUN_JSON,
+    SEEDS,
+    TASKS,
+    open_file,
+    read_run_json,
+)
 
 PARSE = "parse"
 SCHEMA = "schema"
@@ -158,9 +166,9 @@ def _iter_records(
     ``lines[file]`` counts the non-blank lines, good or bad (what a counter should equal).
     """
     name = path.name
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    with path.open("rb") as fh:
+    with open_file(path) as fh:  # a link is refused, never followed
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
