@@ -6,16 +6,29 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from redis.crc import key_slot
 from rouge_score import rouge_scorer
 
 from service.config import load_config
-from service.generate.distributed import Keys, RedisCoordinator, gather_run
+from service.errors import ConfigError
+from service.generate.distributed import (
+    PARKED,
+    Keys,
+    RedisCoordinator,
+    SharedRateLimiter,
+    gather_run,
+)
+from service.llm.limiter import LimiterSettings
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
 from tests.conftest import PYTHON, ROOT
@@ -74,6 +87,23 @@ async def test_three_workers_share_target_rate_and_admission_order(
     # One rate budget: the endpoint's limit was (almost) never hit.
     limited = sum(stats["rate_limited"].values()) if stats["rate_limited"] else 0
     assert limited <= 0.005 * stats["requests"] + 1
+    _assert_group_is_clean(redis_url, "three")
+
+
+def _assert_group_is_clean(url: str, run_id: str) -> None:
+    """After every process has exited: no consumer of any process is left in the group,
+    and what is still pending (admitted, never finished: the target came first) is
+    parked for a later process, none of it finished already."""
+    client = redis.Redis.from_url(url)
+    keys = Keys(run_id)
+    consumers = {c["name"].decode(): c for c in client.xinfo_consumers(keys.admissions, "workers")}
+    assert set(consumers) <= {PARKED}, sorted(consumers)
+    pending = client.xpending_range(keys.admissions, "workers", "-", "+", 10_000)
+    assert {p["consumer"].decode() for p in pending} <= {PARKED}
+    admitted = {entry_id: f[b"task"] for entry_id, f in client.xrange(keys.admissions)}
+    for entry in pending:
+        assert not client.hexists(keys.done, admitted[entry["message_id"]])
+    client.close()
 
 
 async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
@@ -107,6 +137,8 @@ async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
     # task to Redis and appending it locally (the gathered run above has it).
     assert target - 5 <= victim_wrote + survivors_wrote <= target
     client.close()
+    # The victim's consumer was deleted once its entries were taken over.
+    _assert_group_is_clean(redis_url, "kill")
 
 
 def test_concurrent_admitters_keep_one_order(redis_url: str) -> None:
@@ -160,8 +192,74 @@ async def test_mismatched_settings_are_refused(redis_url: str) -> None:
     await a.join(first, [])
     with pytest.raises(Exception, match="threshold"):
         await b.join(other, [])
+    index, _ = load_config({"redis": redis_url, "run_id": "cfg", "dedup_index": "lsh64"},
+                           env={})
+    with pytest.raises(ConfigError, match="'dedup_index': run 'cfg' in Redis uses exact"):
+        await b.join(index, [])
     await a.aclose()
     await b.aclose()
+
+
+def test_every_key_of_a_run_hashes_to_one_cluster_slot() -> None:
+    """The scripts take several keys; Redis Cluster runs them only if all share a slot."""
+    for run_id in ("run42", "a.b-c_d", "x" * 64):
+        keys = [v for k, v in vars(Keys(run_id)).items() if not k.startswith("_")]
+        assert len(keys) >= 9
+        assert all(f"{{{run_id}}}" in key for key in keys)
+        assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    assert key_slot(Keys("a").admissions.encode()) != key_slot(Keys("b").admissions.encode())
+
+
+async def test_a_run_works_on_a_redis_cluster(tmp_path: Path) -> None:
+    """A real one-node Redis Cluster holding every slot: it refuses any multi-key command
+    whose keys hash to different slots (CROSSSLOT), as a many-node cluster does."""
+    with socket.socket() as probe:  # the cluster bus: port + 10000 may not exist
+        probe.bind(("127.0.0.1", 0))
+        bus_port = probe.getsockname()[1]
+    server, url = _start_redis(tmp_path, "--cluster-enabled", "yes", "--cluster-port",
+                               str(bus_port), "--cluster-config-file",
+                               str(tmp_path / "nodes.conf"))
+    try:
+        client = redis.Redis.from_url(url)
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        for _ in range(200):
+            if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
+                break
+            await asyncio.sleep(0.05)
+        async with SimulatedServer(SimSettings(latency_ms=5, seed=4)) as sim:
+            worker = await _worker(sim.base_url, url, "cluster", tmp_path / "w", 15,
+                                   "--rpm", "60000")
+            _, stderr = await asyncio.wait_for(worker.communicate(), 120)
+        assert worker.returncode == 0, stderr.decode()
+        assert int(client.get(Keys("cluster").written) or 0) == 15
+        client.close()
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def test_a_429_pause_is_never_shortened_by_another_process(redis_url: str) -> None:
+    """Several processes report a 429 at once, one with a long Retry-After: the shared
+    pause ends at the latest of them (one atomic script, not read-then-write)."""
+    settings = LimiterSettings(rpm=600, tpm=None, max_in_flight=4)
+    for round_ in range(5):
+        keys = Keys(f"pause{round_}")
+        coordinators = [RedisCoordinator(redis_url, f"pause{round_}") for _ in range(6)]
+        limiters = [SharedRateLimiter(settings, c.aio, c.keys) for c in coordinators]
+        for i, limiter in enumerate(limiters):
+            limiter.on_rate_limited(30.0 if i == 0 else 0.05)
+        client = redis.Redis.from_url(redis_url)
+        for _ in range(100):  # until every report has reached Redis
+            await asyncio.sleep(0.02)
+            if client.pttl(keys.pause) > 0:
+                break
+        await asyncio.sleep(0.3)
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        assert int(client.get(keys.pause) or 0) - now_ms > 25_000, f"round {round_}"
+        client.close()
+        for coordinator in coordinators:
+            await coordinator.aclose()
 
 
 async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) -> None:
@@ -184,29 +282,33 @@ async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) 
                                           "--run-id", "../etc"]) == 2
 
 
-async def test_a_worker_fails_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
-    """Redis stops mid-run: the worker must end with an error, not hang for ever."""
-    import shutil
-    import socket
-    import subprocess
-
+def _start_redis(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port, answering PING."""
     binary = shutil.which("redis-server")
     assert binary is not None
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
+                               "--appendonly", "no", "--dir", str(tmp_path), *extra],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return server, url
+
+
+async def test_a_worker_fails_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
+    """Redis stops mid-run: the worker must end with an error, not hang for ever."""
+    server, url = _start_redis(tmp_path)
     try:
         client = redis.Redis.from_url(url)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                await asyncio.sleep(0.05)
         async with SimulatedServer(SimSettings(latency_ms=100, seed=9)) as sim:
             worker = await _worker(sim.base_url, url, "gone", tmp_path / "w", 100_000)
             deadline = asyncio.get_running_loop().time() + 60

@@ -11,13 +11,20 @@ Every guarantee of a single-process run holds across processes (and machines):
   sequential run over the same order.
 * **Work handed out once, reclaimed from the dead.** The admission stream is also the
   work queue: a consumer group gives each admitted instruction to one process; one whose
-  process dies stays pending and is taken over with XAUTOCLAIM after ``lease_seconds``.
+  process dies stays pending and is taken over with XAUTOCLAIM after ``lease_seconds``;
+  then the dead process's consumer, holding nothing, is deleted. A process that exits
+  cleanly hands what it leaves unfinished (a target reached first) to the ``parked``
+  consumer, which the next process (a larger target) takes over at once.
 * **A task is written once, the target counted globally.** A Lua script checks the
   "done" hash and the global counter, then marks the task, counts it and appends it to
   the tasks stream, atomically; only then does the process append it to its own
   tasks.jsonl. A slow worker whose task was reclaimed finds it done and writes nothing.
 * **One rate budget.** A token bucket (requests and tokens per minute) lives in Redis;
-  every process takes from it before each request, and a 429 pauses all of them.
+  every process takes from it before each request, and a 429 pauses all of them (one
+  script: a pause is only ever extended).
+* **Cluster-ready.** Every key is ``si:{<run_id>}:...``: one hash slot per run, so the
+  multi-key scripts run on Redis Cluster. The settings that decide admissions
+  (threshold, inclusive, tokenizer, dedup_index) must agree between processes.
 
 ``gather_run`` writes the run's shared record (seeds, admissions, tasks) into a run
 directory, which ``verify`` and ``export`` then read like any other.
@@ -55,6 +62,9 @@ from service.rundir.store import (
 from service.secret import safe_url
 
 GROUP = "workers"
+PARKED = "parked"  # the consumer holding unfinished entries of processes that exited cleanly
+_PARKED_IDLE_MS = 365 * 86_400_000  # "idle for a year": any process's XAUTOCLAIM takes them
+_PARK_BATCH = 500
 T = TypeVar("T")
 _READ_BATCH = 5000
 _MAX_CONNECTIONS = 64
@@ -123,12 +133,61 @@ if wait <= 0 then return 0 end
 return math.ceil(wait)
 """
 
+# A 429 pauses every process: extend the shared pause to now + ARGV[1] ms, never shorten
+# it (one script, so two processes reporting at once cannot undo each other's pause).
+_PAUSE = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current >= until_ms then return current end
+redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
+return until_ms
+"""
+
+# Delete the consumers of dead processes: silent for a lease and holding nothing (what
+# they held was taken over with XAUTOCLAIM first). Checked and deleted in one script, so
+# an entry delivered meanwhile can never be deleted with its consumer.
+_REAP = """
+local removed = 0
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# On a clean exit: hand this process's unfinished entries (e.g. left when the target was
+# reached) to the "parked" consumer, idle enough that any later process takes them over
+# at once, then delete this consumer. ARGV: group, self, parked, idle ms, batch.
+_PARK = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[5]), ARGV[2])
+if #pending > 0 then
+  local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0}
+  for _, entry in ipairs(pending) do table.insert(claim, entry[1]) end
+  table.insert(claim, 'IDLE')
+  table.insert(claim, ARGV[4])
+  table.insert(claim, 'JUSTID')
+  redis.call(unpack(claim))
+end
+if #pending < tonumber(ARGV[5]) then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return #pending
+"""
+
 
 class Keys:
-    """Every key of one run lives under ``si:{run_id}:``."""
+    """Every key of one run lives under ``si:{<run_id>}:``: the braces are a Redis Cluster
+    hash tag, so all of a run's keys hash to one slot and the multi-key scripts work on
+    a cluster too (Redis hashes only the part between the first ``{`` and ``}``)."""
 
     def __init__(self, run_id: str) -> None:
-        base = f"si:{run_id}:"
+        base = f"si:{{{run_id}}}:"
         self.meta = base + "meta"
         self.seeds = base + "seeds"
         self.admissions = base + "admissions"
@@ -186,6 +245,7 @@ class SharedRateLimiter(RateLimiter):
         self._redis = client
         self._keys = keys
         self._take_script = client.register_script(_TAKE)
+        self._pause_script = client.register_script(_PAUSE)
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.shared_waits = 0
@@ -219,11 +279,7 @@ class SharedRateLimiter(RateLimiter):
         task.add_done_callback(self._background.discard)
 
     async def _pause_everyone(self, pause_ms: int) -> None:
-        now_s, now_us = await _shielded(self._redis.time())
-        until = int(now_s) * 1000 + int(now_us) // 1000 + pause_ms
-        current = await _shielded(self._redis.get(self._keys.pause))
-        if current is None or int(current) < until:
-            await _shielded(self._redis.set(self._keys.pause, until, px=pause_ms + 1000))
+        await _shielded(self._pause_script(keys=[self._keys.pause], args=[pause_ms]))
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
@@ -249,11 +305,27 @@ class RedisCoordinator:
             url, max_connections=_MAX_CONNECTIONS, timeout=_CONNECTION_WAIT_S)
         self.aio: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._commit = self.aio.register_script(_COMMIT)
+        self._reap = self.aio.register_script(_REAP)
+        self._park = self.aio.register_script(_PARK)
         self.reclaimed = 0
+        self.reaped = 0
         self.conflicts = 0
+        self._joined = False
 
     async def aclose(self) -> None:
-        await _shielded(self.aio.aclose())
+        """Park this process's unfinished entries and delete its consumer (best effort:
+        if Redis is gone, a later process reclaims them after the lease), then close."""
+        try:
+            if self._joined:
+                while int(await _shielded(self._park(
+                        keys=[self.keys.admissions],
+                        args=[GROUP, self.worker, PARKED, _PARKED_IDLE_MS, _PARK_BATCH]))) \
+                        >= _PARK_BATCH:
+                    pass
+        except (redis.RedisError, OSError):
+            pass
+        finally:
+            await _shielded(self.aio.aclose())
 
     # ---------------------------------------------------------------- set-up
     async def join(self, config: Config, seeds: Sequence[SeedTask]) -> list[SeedTask]:
@@ -265,7 +337,8 @@ class RedisCoordinator:
             raise ConfigError(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from exc
         settings = {"threshold": repr(config.threshold),
                     "inclusive": str(config.inclusive_threshold),
-                    "tokenizer": config.tokenizer}
+                    "tokenizer": config.tokenizer,
+                    "dedup_index": config.dedup_index}
         for key, value in settings.items():
             await _shielded(self.aio.hsetnx(self.keys.meta, key, value))
         stored = _fields(await _shielded(self.aio.hgetall(self.keys.meta)))
@@ -284,6 +357,7 @@ class RedisCoordinator:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._joined = True
         return run_seeds
 
     # ---------------------------------------------------------------- admission
@@ -334,7 +408,10 @@ class RedisCoordinator:
                     self.reclaimed += 1
                     yield task
             if start == "0-0":
-                return
+                break
+        # What dead processes held is ours now: delete their consumers.
+        self.reaped += int(await _shielded(self._reap(
+            keys=[self.keys.admissions], args=[GROUP, self.lease_ms, self.worker])))
 
     async def _task_from(self, entry_id: str, fields: dict[str, str]) -> PendingTask | None:
         task_id = fields.get("task", "")
