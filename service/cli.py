@@ -15,6 +15,7 @@ from typing import Protocol, cast
 
 from service import __version__
 from service.errors import SelfInstructError
+from service.secret import safe_url
 
 
 class CommandModule(Protocol):
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args))
     except SelfInstructError as exc:
-        print(f"selfinstruct {args.command}: error: {exc}", file=sys.stderr)
+        print(f"selfinstruct {args.command}: error: {safe_url(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"selfinstruct {args.command}: interrupted", file=sys.stderr)

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 from service.errors import ConfigError
 from service.secret import Secret as Secret  # re-exported: config users import it here
+from service.secret import safe_url
 
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
@@ -140,7 +141,8 @@ class Config:
         return self.stages[name]
 
     def redacted(self) -> dict[str, Any]:
-        """A JSON-able dict for printing and run.json: secrets shown as '***'."""
+        """A JSON-able dict for printing and run.json: secrets and the credentials of
+        URLs shown as '***'."""
         result: dict[str, Any] = _to_jsonable(self)
         return result
 
@@ -156,6 +158,8 @@ def _to_jsonable(value: Any) -> Any:
         return [_to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str):
+        return safe_url(value)  # base_url, redis: a password in a URL is a secret too
     return value
 
 
@@ -234,7 +238,7 @@ def check_range(name: str, value: float, where: str) -> None:
 
 
 def _fail(key: str, source: str, value: Any, expected: str) -> ConfigError:
-    shown = "***" if "key" in key.split(".")[-1] else repr(value)
+    shown = "***" if "key" in key.split(".")[-1] else safe_url(repr(value))
     return ConfigError(f"config key '{key}' ({source}): expected {expected}, got {shown}")
 
 
@@ -325,13 +329,13 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             return value.rstrip("/")
         if name == "redis" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise _fail(key, source, value, "a redis:// URL")
-        if name == "run_id" and not _valid_run_id(value):
+        if name == "run_id" and not valid_run_id(value):
             raise _fail(key, source, value, "letters, digits, '-', '_' or '.' (1-64 chars)")
         return value
     raise _fail(key, source, value, type_text)  # pragma: no cover - table is exhaustive
 
 
-def _valid_run_id(value: str) -> bool:
+def valid_run_id(value: str) -> bool:
     return (
         0 < len(value) <= 64
         and value not in {".", ".."}

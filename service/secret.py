@@ -3,8 +3,8 @@ value. One class for the whole program (config, client, serve)."""
 
 from __future__ import annotations
 
+import re
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 MASK: Final = "***"
 
@@ -39,15 +39,22 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
-def safe_url(url: str) -> str:
-    """The URL without user:password@ (never shown)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+# scheme://userinfo@ : userinfo runs to the last '@' before the host (as urlsplit reads it)
+# and never crosses a path, query, fragment, quote or space. Characters RFC 3986 forbids
+# in userinfo end it, so a match never swallows the next JSON field of a log line.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s\"'<>\\]*@")
+
+
+def safe_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced: ``redis://:pw@h`` ->
+    ``redis://***@h``. Takes one URL or any text that may hold URLs (an error message,
+    a log line), so it is the one function for everything stored, logged, shown or
+    raised; a URL without credentials is returned unchanged."""
+    if "@" not in text:
+        return text
+    return _CREDENTIALS.sub(lambda m: m.group(1) + MASK + "@", text)
+
+
+def has_credentials(url: str) -> bool:
+    """True if a URL carries a user or password (which :func:`safe_url` would mask)."""
+    return safe_url(url) != url

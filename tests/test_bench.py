@@ -107,7 +107,7 @@ def test_settings_are_validated() -> None:
 def test_helpers() -> None:
     assert peak_window([0.0, 0.1, 0.5, 1.2, 1.3, 1.4, 1.5]) == 4  # [0.5, 1.5)
     assert peak_window([]) == 0
-    assert safe_url("http://user:pw@host:8000/v1") == "http://host:8000/v1"
+    assert safe_url("http://user:pw@host:8000/v1") == "http://***@host:8000/v1"
     prompt = make_prompt(3, 50)
     assert 150 <= len(prompt) <= 200 and prompt != make_prompt(4, 50)
 

@@ -136,7 +136,8 @@ async def test_fault_soak_reaches_target_counts_every_fault_and_writes_nothing_f
     sim_settings = SimSettings(latency_ms=20, seed=27, duplicate_rate=0.2, bad_item_rate=0.1,
                                hang_seconds=10.0, **FAULTS)
     async with SimulatedServer(sim_settings) as sim, \
-            Worker(ServeSettings(port=0, state_dir=tmp_path / "state", drain_timeout_s=5.0),
+            Worker(ServeSettings(port=0, state_dir=tmp_path / "state", drain_timeout_s=5.0,
+                                 no_auth=True),
                    env={}, backend_factory=recording_backend) as worker, \
             aiohttp.ClientSession() as http:
         body = {"target": target, "base_url": sim.base_url, "model": "sim", "seed": 3,

@@ -45,7 +45,8 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 def _worker(tmp_path: Path, **overrides: Any) -> Worker:
-    values: dict[str, Any] = {"port": 0, "state_dir": tmp_path / "state", "drain_timeout_s": 5.0}
+    values: dict[str, Any] = {"port": 0, "state_dir": tmp_path / "state", "drain_timeout_s": 5.0,
+                              "no_auth": "token" not in overrides}
     values.update(overrides)
     return Worker(ServeSettings(**values), env={})
 
@@ -260,7 +261,8 @@ async def test_cancel_running_and_queued_jobs(tmp_path: Path) -> None:
 
 
 async def test_draining_refuses_jobs_then_a_new_worker_resumes(tmp_path: Path) -> None:
-    async with SimulatedServer(SimSettings(latency_ms=100, seed=6)) as sim, \
+    # in-flight calls take ~1 s: the drain lasts long enough to be seen from outside
+    async with SimulatedServer(SimSettings(latency_ms=1000, seed=6)) as sim, \
             aiohttp.ClientSession() as session:
         body = {"target": 2000, "base_url": sim.base_url, "model": "sim", "max_in_flight": 4}
         worker = _worker(tmp_path, drain_timeout_s=1.5)
@@ -306,7 +308,7 @@ class _Serve:
         env.pop("SELFINSTRUCT_SERVE_TOKEN", None)
         self.process = await asyncio.create_subprocess_exec(
             PYTHON, "-m", "service", "serve", "--port", "0", "--state-dir", str(self.state_dir),
-            "--drain-timeout", "2", env=env,
+            "--drain-timeout", "2", "--no-auth", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         self._listening = asyncio.get_running_loop().create_future()
@@ -405,14 +407,17 @@ async def test_second_worker_on_the_same_state_dir_is_refused(tmp_path: Path) ->
 
 @pytest.mark.redis
 async def test_two_workers_on_redis_share_one_run(tmp_path: Path, redis_url: str) -> None:
-    """`serve --redis URL`: the same run_id submitted to two workers is one distributed run:
-    the target is met once, globally, and the gathered run verifies."""
+    """`serve --redis URL --allow-run-id shared`: the same shared run_id submitted to two
+    workers is one distributed run: the target is met once, globally, and the gathered
+    run verifies."""
     from service.generate.distributed import gather_run
 
     env = {"SELFINSTRUCT_REDIS": redis_url}  # what `serve --redis URL` puts under each job
     async with SimulatedServer(SimSettings(latency_ms=20, seed=2)) as sim, \
-            Worker(ServeSettings(port=0, state_dir=tmp_path / "a"), env=env) as first, \
-            Worker(ServeSettings(port=0, state_dir=tmp_path / "b"), env=env) as second, \
+            Worker(ServeSettings(port=0, state_dir=tmp_path / "a", no_auth=True,
+                                 allow_run_ids=("shared",)), env=env) as first, \
+            Worker(ServeSettings(port=0, state_dir=tmp_path / "b", no_auth=True,
+                                 allow_run_ids=("shared",)), env=env) as second, \
             aiohttp.ClientSession() as session:
         body = {"target": 40, "base_url": sim.base_url, "model": "sim", "run_id": "shared"}
         urls = []

@@ -4,16 +4,22 @@
     GET    /v1/jobs               list jobs (``?status=running`` filters)
     GET    /v1/jobs/{id}          one job: status, counters, usage, config (redacted)
     DELETE /v1/jobs/{id}          cancel: drain the job, status "cancelled" -> 202
+    POST   /v1/jobs/{id}/resume   {"api_key": ...}: resume a job waiting in "needs_key"
     GET    /v1/jobs/{id}/events   Server-Sent Events: a progress snapshot every ~0.5 s
                                   until the job ends (event "end")
     GET    /healthz               200 {"status": "ok"}; 503 while draining (no auth)
     GET    /metrics               Prometheus text format
 
-Every error is ``{"error": "..."}`` with a 4xx/5xx status. With a token configured every
-endpoint but /healthz needs ``Authorization: Bearer <token>``. Bodies are capped
-(``max_body_bytes``, 413 above). SIGTERM/SIGINT: stop taking jobs, drain running ones
-within ``drain_timeout_s``, leave unfinished ones "interrupted" (resumed on the next
-start on the same state directory), exit 0.
+Every error is ``{"error": "..."}`` with a 4xx/5xx status. Every endpoint but /healthz
+needs ``Authorization: Bearer <token>``: the operator's token, or one generated at the
+first start and kept in ``STATE/token`` (mode 0600); ``no_auth`` turns this off, on
+loopback only. Against cross-site requests and DNS rebinding from a browser: the
+``Host`` header must name this worker (its bound address, a loopback name when bound to
+loopback, an IP literal, or ``allow_hosts``), a cross-origin ``Origin`` is refused, and
+a body must be ``Content-Type: application/json``. Bodies are capped (``max_body_bytes``,
+413 above), open event streams too (``max_sse_streams``, 503 above). SIGTERM/SIGINT:
+stop taking jobs, drain running ones within ``drain_timeout_s``, leave unfinished ones
+"interrupted" (resumed on the next start on the same state directory), exit 0.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import os
+import secrets
 import signal
+import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,22 +42,37 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.config import Secret
+from service.config import Secret, check_range, load_config
 from service.errors import ConfigError, SelfInstructError
+from service.rundir.store import open_fd
 from service.serve.jobs import (
+    NEEDS_KEY,
     RUNNING,
     TERMINAL,
     BackendFactory,
     Draining,
     Job,
     JobService,
+    TooManyJobs,
+    WrongState,
     valid_job_id,
+)
+from service.serve.limits import (
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_KEPT,
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_SSE_STREAMS,
+    DEFAULT_RETENTION_S,
 )
 from service.serve.logs import log_event
 from service.serve.metrics import CONTENT_TYPE, ServeMetrics
+from service.serve.policy import JobPolicy
 
-DEFAULT_MAX_BODY = 64 * 1024
 SSE_INTERVAL_S = 0.5
+PRUNE_INTERVAL_S = 60.0
+TOKEN_FILE = "token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,20 +84,30 @@ class ServeSettings:
     port: int = 8080
     state_dir: Path = Path("serve-state")
     token: Secret | None = field(default=None, repr=False)
-    max_jobs: int = 1
-    drain_timeout_s: float = 30.0
+    max_jobs: int = DEFAULT_MAX_JOBS
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     allow_remote: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
+    no_auth: bool = False  # explicit: tests, or one user on a loopback-only worker
+    allow_hosts: tuple[str, ...] = ()  # more names the Host header may carry
+    allow_endpoints: tuple[str, ...] = ()  # where the worker's key may go; () = its base URL
+    allow_run_ids: tuple[str, ...] = ()  # distributed runs jobs may join by name
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED
+    max_kept_jobs: int = DEFAULT_MAX_KEPT
+    job_retention_s: float = DEFAULT_RETENTION_S
+    max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
 
     def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port: expected 0-65535, got {self.port}")
-        if self.max_jobs < 1:
-            raise ConfigError(f"--max-jobs: expected a positive integer, got {self.max_jobs}")
-        if not self.drain_timeout_s > 0:
-            raise ConfigError(f"--drain-timeout: expected a number > 0, got {self.drain_timeout_s}")
-        if self.max_body_bytes < 1024:
-            raise ConfigError(f"max_body_bytes: expected >= 1024, got {self.max_body_bytes}")
+        for flag, name in (("--port", "port"), ("--max-jobs", "max_jobs"),
+                           ("--drain-timeout", "drain_timeout_s"),
+                           ("max_body_bytes", "max_body_bytes"),
+                           ("--max-queued", "max_queued_jobs"),
+                           ("--max-kept-jobs", "max_kept_jobs"),
+                           ("--job-retention", "job_retention_s"),
+                           ("--max-sse-streams", "max_sse_streams")):
+            check_range(name, getattr(self, name), flag)
+        if self.no_auth and not is_loopback(self.host):
+            raise ConfigError(f"--no-auth: only for a loopback --host, not {self.host}")
         if not is_loopback(self.host):
             if not self.allow_remote:
                 raise ConfigError(
@@ -95,6 +130,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """Which ``Host`` header names reach this worker. A page that rebinds its own DNS
+    name to 127.0.0.1 still sends that name; IP literals cannot be rebound, so they pass
+    when they are the bound address (any address when bound to all of them)."""
+
+    def __init__(self, bound: str, extra: tuple[str, ...]) -> None:
+        self.bound_ip = _ip(bound)
+        self.names = {bound.lower().strip("[]"), *(h.lower() for h in extra)}
+        if is_loopback(bound) or (self.bound_ip is not None and self.bound_ip.is_unspecified):
+            self.names |= LOOPBACK_NAMES
+
+    def allows(self, host_header: str) -> bool:
+        name = _host_name(host_header)
+        if name in self.names:
+            return True
+        ip = _ip(name)
+        if ip is None or self.bound_ip is None:
+            return False
+        return ip == self.bound_ip or self.bound_ip.is_unspecified or (
+            ip.is_loopback and self.bound_ip.is_loopback)
+
+
+def _host_name(host_header: str) -> str:
+    """``name:port`` / ``[v6]:port`` -> name, lower case."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 # ----------------------------------------------------------------------------- helpers
 def _dumps(data: Any) -> str:
     return orjson.dumps(data, default=str).decode()
@@ -114,6 +186,7 @@ SERVICE_KEY = web.AppKey("service", JobService)
 METRICS_KEY = web.AppKey("metrics", ServeMetrics)
 SETTINGS_KEY = web.AppKey("settings", ServeSettings)
 LAG_KEY = web.AppKey("loop_lag", list[float])
+STREAMS_KEY = web.AppKey("open_streams", list[int])
 
 
 def _route_name(request: web.Request) -> str:
@@ -162,11 +235,35 @@ def _make_observe(metrics: ServeMetrics, limit: int) -> Any:
     return observe
 
 
-def _make_auth(token: Secret | None) -> Any:
-    expected = token.get().encode() if token else b""
+def _make_guard(hosts: HostCheck) -> Any:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Before auth: refuse requests a browser was tricked into sending."""
+        host = request.headers.get("Host", "")
+        if not host or not hosts.allows(host):
+            return error_response(400, f"Host {host[:100]!r} is not an address of this worker "
+                                       "(serve --allow-host NAME accepts another name)")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in (f"http://{host.lower()}",
+                                                         f"https://{host.lower()}"):
+            return error_response(403, f"cross-origin request refused (Origin "
+                                       f"{origin[:100]!r} is not this worker)")
+        return await handler(request)
 
+    return guard
+
+
+class _Auth:
+    """The bearer token the middleware checks; set at start (it may be generated)."""
+
+    def __init__(self, token: Secret | None) -> None:
+        self.expected = token.get().encode() if token else b""
+
+
+def _make_auth(holder: _Auth) -> Any:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        expected = holder.expected
         if not expected or request.path == "/healthz":
             return await handler(request)
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -204,6 +301,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def _read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    if request.content_type != "application/json":  # a form post from a page cannot be
+        return error_response(415, "Content-Type must be application/json")
     raw = await request.read()  # HTTPRequestEntityTooLarge above client_max_size
     if not raw.strip():
         return error_response(400, "request body is empty: expected a JSON object of "
@@ -229,10 +328,31 @@ async def create_job(request: web.Request) -> web.Response:
         job = service.submit(body)
     except Draining as exc:
         return error_response(503, str(exc), {"Retry-After": "5"})
+    except TooManyJobs as exc:
+        return error_response(429, str(exc), {"Retry-After": "30"})
     except ConfigError as exc:
         return error_response(400, str(exc))
     return json_response(service.view(job), status=201,
                          headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    if service.draining:
+        return error_response(503, "the worker is stopping", {"Retry-After": "5"})
+    job = _find_job(request)
+    if isinstance(job, web.Response):
+        return job
+    body = await _read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        service.supply_key(job, body)
+    except WrongState as exc:
+        return error_response(409, str(exc))
+    except ConfigError as exc:
+        return error_response(400, str(exc))
+    return json_response(service.view(job, full=False), status=202)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -271,6 +391,20 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
+    streams = request.app[STREAMS_KEY]
+    limit = request.app[SETTINGS_KEY].max_sse_streams
+    if streams[0] >= limit:  # each open stream holds a descriptor for as long as it lasts
+        return error_response(503, f"{limit} event streams are open (the limit, serve "
+                                   "--max-sse-streams); poll GET /v1/jobs/{id} or retry",
+                              {"Retry-After": "5"})
+    streams[0] += 1
+    try:
+        return await _stream_events(request)
+    finally:
+        streams[0] -= 1
+
+
+async def _stream_events(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     job = _find_job(request)
     if isinstance(job, web.Response):
@@ -285,7 +419,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         while True:
             view = service.view(job, full=False)
             await response.write(f"event: progress\ndata: {_dumps(view)}\n\n".encode())
-            if job.status in TERMINAL:
+            if job.status in TERMINAL or job.status == NEEDS_KEY:
                 await response.write(f"event: end\ndata: {_dumps(view)}\n\n".encode())
                 break
             if service.draining and job.status != RUNNING:
@@ -303,21 +437,26 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(service: JobService, metrics: ServeMetrics, settings: ServeSettings,
-              loop_lag: list[float] | None = None) -> web.Application:
+              loop_lag: list[float] | None = None, auth: _Auth | None = None
+              ) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_make_observe(metrics, settings.max_body_bytes), _make_auth(settings.token)],
+        middlewares=[_make_observe(metrics, settings.max_body_bytes),
+                     _make_guard(HostCheck(settings.host, settings.allow_hosts)),
+                     _make_auth(auth or _Auth(settings.token))],
     )
     app[SERVICE_KEY] = service
     app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = settings
     app[LAG_KEY] = loop_lag if loop_lag is not None else [0.0]
+    app[STREAMS_KEY] = [0]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/jobs", create_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
+    app.router.add_post("/v1/jobs/{job_id}/resume", resume_job)
     app.router.add_get("/v1/jobs/{job_id}/events", job_events)
     return app
 
@@ -331,13 +470,19 @@ class Worker:
         settings.validate()
         self.settings = settings
         self.metrics = ServeMetrics()
+        env = dict(os.environ if env is None else env)
         self.service = JobService(
             settings.state_dir, max_jobs=settings.max_jobs,
             drain_timeout_s=settings.drain_timeout_s, env=env, metrics=self.metrics,
-            backend_factory=backend_factory,
+            backend_factory=backend_factory, policy=_policy(settings, env),
+            max_queued=settings.max_queued_jobs, max_kept=settings.max_kept_jobs,
+            retention_s=settings.job_retention_s,
         )
         self._lag = [0.0]
-        self.app = build_app(self.service, self.metrics, settings, self._lag)
+        self._auth = _Auth(settings.token)
+        self.app = build_app(self.service, self.metrics, settings, self._lag, self._auth)
+        self.token: Secret | None = settings.token
+        self.token_file: Path | None = None
         self._runner: web.AppRunner | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopped = False
@@ -352,6 +497,10 @@ class Worker:
     async def start(self) -> None:
         resumable = self.service.open()  # locks the state directory
         try:
+            if self.token is None and not self.settings.no_auth:
+                self.token_file = self.settings.state_dir / TOKEN_FILE
+                self.token = load_or_create_token(self.token_file)
+                self._auth.expected = self.token.get().encode()
             runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
                                    shutdown_timeout=2.0)
             await runner.setup()
@@ -372,15 +521,25 @@ class Worker:
         self._monitor = asyncio.create_task(self._watch_loop(), name="loop-lag")
         log_event("listening", url=self.url, host=self.settings.host, port=self.port,
                   state_dir=str(self.settings.state_dir), max_jobs=self.settings.max_jobs,
-                  auth=bool(self.settings.token), resuming=len(resumable))
+                  auth="none" if self.token is None else
+                  f"generated: {self.token_file}" if self.token_file else "configured",
+                  resuming=len(resumable))
+        if self.token_file is not None and self.token is not None and sys.stderr.isatty():
+            # On a terminal only: a log collector must not receive a credential.
+            print(f"selfinstruct serve: bearer token (kept in {self.token_file}): "
+                  f"{self.token.get()}", file=sys.stderr)
         self.service.resume(resumable)
 
     async def _watch_loop(self) -> None:
         interval = 0.25
+        last_prune = time.monotonic()
         while True:
             start = time.monotonic()
             await asyncio.sleep(interval)
             self._lag[0] = max(0.0, time.monotonic() - start - interval)
+            if start - last_prune >= PRUNE_INTERVAL_S:  # retention passes while idle too
+                last_prune = start
+                self.service.prune()
 
     def force_stop(self) -> None:
         """A second signal: stop jobs now instead of waiting for the drain deadline."""
@@ -415,6 +574,37 @@ class Worker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _policy(settings: ServeSettings, env: Mapping[str, str]) -> JobPolicy:
+    """The operator's rules; the worker's key goes to its own base URL unless told more."""
+    endpoints = settings.allow_endpoints
+    if not endpoints:
+        own = load_config({}, env=env)[0].base_url
+        endpoints = (own,) if own else ()
+    return JobPolicy(allowed_endpoints=endpoints, shared_run_ids=settings.allow_run_ids)
+
+
+def load_or_create_token(path: Path) -> Secret:
+    """The state directory's generated token: read it, or make one (mode 0600). The file
+    must be a regular file (no link) that only its owner can read."""
+    try:
+        fd = open_fd(path, os.O_RDONLY)
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        return Secret(token)
+    with os.fdopen(fd, "r") as fh:
+        if stat.S_IMODE(os.fstat(fh.fileno()).st_mode) & 0o077:
+            raise ConfigError(f"{path}: the token file is readable by others; "
+                              f"chmod 600 {path} (or delete it for a new token)")
+        token = fh.read(1024).strip()
+    if len(token) < 16:
+        raise ConfigError(f"{path}: expected a token of at least 16 characters; delete the "
+                          "file for a new one")
+    return Secret(token)
 
 
 async def serve_until_signalled(settings: ServeSettings, *,

@@ -11,9 +11,14 @@ A job's status moves ``queued -> running -> finished | budget | failed | cancell
 interrupted``. ``interrupted`` (the worker stopped) and ``queued``/``running`` (the worker
 died) are resumed when a worker starts on the same state directory.
 
-Secrets: an ``api_key`` in the request body is kept in memory only. job.json holds the
-body without it and the config redacted, so a restarted worker uses the key from its
-own environment (``OPENAI_API_KEY``) for resumed jobs.
+Secrets: an ``api_key`` in the request body is kept in memory only; job.json holds the
+body without it and the config redacted. A job that brought its own key never uses the
+worker's: after a restart it waits in ``needs_key`` until the key is sent again
+(``POST /v1/jobs/{id}/resume``) or it is cancelled. Which endpoints the worker's own key
+may go to, and which distributed runs a job may join: :mod:`service.serve.policy`.
+
+Limits: at most ``max_queued`` jobs wait; finished jobs (and their run directories) are
+deleted ``retention_s`` after they end, and beyond the newest ``max_kept``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import fcntl
 import os
 import re
 import secrets
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -35,15 +41,24 @@ from typing import Any
 import orjson
 
 from service import __version__
-from service.config import Config, Secret, load_config
-from service.errors import ConfigError, SelfInstructError
+from service.config import Config, load_config
+from service.errors import ConfigError, RunDirError, SelfInstructError
 from service.generate.backend import Backend
 from service.generate.orchestrator import run_generate
 from service.generate.pipeline import Pipeline
 from service.progress import Progress
-from service.rundir.store import write_json_atomic
+from service.rundir.store import open_fd, open_file, write_json_atomic
+from service.secret import has_credentials, safe_url
+from service.serve.limits import (
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_KEPT,
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_RETENTION_S,
+)
 from service.serve.logs import log_event
 from service.serve.metrics import Baseline, JobsView, ServeMetrics, Totals, pipeline_totals
+from service.serve.policy import JobPolicy, NeedsKey, job_error
 
 JOB_JSON = "job.json"
 RUN_SUBDIR = "run"
@@ -53,6 +68,7 @@ QUEUED, RUNNING = "queued", "running"
 FINISHED, BUDGET, FAILED, CANCELLED, INTERRUPTED = (
     "finished", "budget", "failed", "cancelled", "interrupted",
 )
+NEEDS_KEY = "needs_key"  # stopped until its own api_key is sent again (never stored)
 TERMINAL = frozenset({FINISHED, BUDGET, FAILED, CANCELLED})
 RESUMABLE = frozenset({QUEUED, RUNNING, INTERRUPTED})
 CANCEL_GRACE_S = 5.0
@@ -64,6 +80,7 @@ _SERVER_OWNED = {
     "seed_tasks": "a path on the server's disk; the project's seed tasks are used",
     "local_model": "a path on the server's disk",
     "quiet": "jobs never draw progress",
+    "redis": "the worker's operator chooses Redis (serve --redis)",
     "filters": "nested tables are not accepted over HTTP",
     "stages": "nested tables are not accepted over HTTP",
 }
@@ -82,6 +99,14 @@ class StateDirLocked(SelfInstructError):
     exit_code = 2
 
 
+class TooManyJobs(SelfInstructError):
+    """``max_queued`` jobs are already waiting: submit later."""
+
+
+class WrongState(SelfInstructError):
+    """The request does not apply to the job in its present status."""
+
+
 def valid_job_id(job_id: str) -> bool:
     return bool(JOB_ID_PATTERN.fullmatch(job_id))
 
@@ -98,18 +123,24 @@ def iso(ts: float | None) -> str | None:
 
 
 def build_job_config(spec: Mapping[str, Any], *, run_dir: Path, env: Mapping[str, str],
-                     api_key: str | None = None, job_id: str | None = None) -> Config:
-    """Validate a job's options through :func:`load_config` (errors name the key).
+                     job_id: str, policy: JobPolicy, api_key: str | None = None,
+                     brought_key: bool = False) -> Config:
+    """Validate a job's options through :func:`load_config` (errors name the key), then
+    apply the operator's policy (which key, which distributed run).
 
     ``spec`` must not hold ``api_key`` (pass it separately); ``env`` supplies the layer
     below (the worker's own environment: OPENAI_API_KEY, OPENAI_BASE_URL, SELFINSTRUCT_*).
     """
-    for key in spec:
+    for key, value in spec.items():
         if key in _SERVER_OWNED:
             raise ConfigError(f"config key '{key}' (from request body): not accepted "
                               f"({_SERVER_OWNED[key]})")
         if key not in ALLOWED_KEYS or key == "api_key":
             raise ConfigError(f"config key '{key}' (from request body): unknown key")
+        if isinstance(value, str) and has_credentials(value):
+            raise ConfigError(f"config key '{key}' (from request body): credentials in a URL "
+                              "are not accepted (they would be stored with the job); send "
+                              "the key as \"api_key\"")
     flags: dict[str, Any] = dict(spec)
     flags["out"] = run_dir
     flags["quiet"] = True
@@ -117,11 +148,9 @@ def build_job_config(spec: Mapping[str, Any], *, run_dir: Path, env: Mapping[str
         config, _ = load_config(flags, env=env)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("(from flags)", "(from request body)")) from None
-    if api_key is not None:
-        config = dataclasses.replace(config, api_key=Secret(api_key))
-    if config.redis is not None and config.run_id is None and job_id is not None:
-        config = dataclasses.replace(config, run_id=job_id)  # a distributed run of its own
-    return config
+    run_id = spec.get("run_id")
+    return policy.apply(config, own_key=api_key, brought_key=brought_key,
+                        run_id=run_id if isinstance(run_id, str) else None, job_id=job_id)
 
 
 def split_body(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -161,6 +190,9 @@ class Job:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def task_done(self) -> bool:
+        return self.task is None or self.task.done()
+
     def redacted_config(self) -> dict[str, Any] | None:
         return self.config.redacted() if self.config is not None else self.stored_config
 
@@ -191,14 +223,22 @@ class JobService:
         self,
         state_dir: Path,
         *,
-        max_jobs: int = 1,
-        drain_timeout_s: float = 30.0,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
         metrics: ServeMetrics | None = None,
         backend_factory: BackendFactory | None = None,
+        policy: JobPolicy | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_kept: int = DEFAULT_MAX_KEPT,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         if max_jobs < 1:
             raise ConfigError(f"max_jobs must be >= 1 (got {max_jobs})")
+        self.policy = policy or JobPolicy()
+        self.max_queued = max_queued
+        self.max_kept = max_kept
+        self.retention_s = retention_s
         self.state_dir = Path(state_dir)
         self.jobs_dir = self.state_dir / "jobs"
         self.max_jobs = max_jobs
@@ -232,6 +272,7 @@ class JobService:
             if job.status in RESUMABLE:
                 resumable.append(job)
         resumable.sort(key=lambda j: j.created_at)
+        self.prune()
         return resumable
 
     def resume(self, jobs: list[Job]) -> None:
@@ -243,14 +284,10 @@ class JobService:
             self._persist(job)
             log_event("job_resumed", job_id=job.id, previous_status=previous,
                       tasks_written=job.counters.get("tasks_written", 0))
-            if job.api_key_source == "request" and job.config.api_key is None:
-                log_event("job_api_key_missing", level="warning", job_id=job.id,
-                          detail="the job was submitted with an api_key that is not stored; "
-                                 "set OPENAI_API_KEY in the worker's environment")
             self._start_task(job)
 
     def _lock(self) -> None:
-        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_fd(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -269,8 +306,9 @@ class JobService:
     def _load(self, job_dir: Path) -> Job | None:
         path = job_dir / JOB_JSON
         try:
-            data = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            with open_file(path) as fh:
+                data = orjson.loads(fh.read())
+        except (OSError, RunDirError, orjson.JSONDecodeError) as exc:
             log_event("job_unreadable", level="warning", job_id=job_dir.name,
                       error=f"{type(exc).__name__}: {exc}")
             return None
@@ -298,7 +336,14 @@ class JobService:
         )
         try:
             job.config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env,
-                                          job_id=job_dir.name)
+                                          job_id=job_dir.name, policy=self.policy,
+                                          brought_key=job.api_key_source == "request")
+        except NeedsKey as exc:
+            if job.status in RESUMABLE:  # waits for its own key; never borrows the worker's
+                job.status = NEEDS_KEY
+                job.error = str(exc)
+                self._persist(job)
+                log_event("job_needs_key", level="warning", job_id=job.id, error=job.error)
         except ConfigError as exc:
             if job.status in RESUMABLE:
                 job.status = FAILED
@@ -306,7 +351,7 @@ class JobService:
                 job.finished_at = time.time()
                 self._persist(job)
                 log_event("job_failed", level="error", job_id=job.id, error=job.error)
-        if job.status in TERMINAL or job.status == INTERRUPTED:
+        if job.status in TERMINAL or job.status in (INTERRUPTED, NEEDS_KEY):
             job.ended.set()
         return job
 
@@ -314,13 +359,18 @@ class JobService:
     def submit(self, body: Mapping[str, Any]) -> Job:
         if self.draining:
             raise Draining("the worker is stopping; submit the job to another worker")
+        waiting = sum(1 for j in self._jobs.values() if j.status == QUEUED)
+        if waiting >= self.max_queued:
+            raise TooManyJobs(f"{waiting} jobs are already waiting (the limit, serve "
+                              "--max-queued); submit again when one has started")
         spec, api_key = split_body(body)
         job_id = new_job_id()
         while job_id in self._jobs:  # pragma: no cover - 40 random bits per second
             job_id = new_job_id()
         job_dir = self.jobs_dir / job_id
         config = build_job_config(spec, run_dir=job_dir / RUN_SUBDIR, env=self.env,
-                                  api_key=api_key, job_id=job_id)
+                                  job_id=job_id, policy=self.policy, api_key=api_key,
+                                  brought_key=api_key is not None)
         job = Job(id=job_id, spec=spec, created_at=time.time(), config=config)
         job.api_key_source = (
             "request" if api_key is not None
@@ -332,7 +382,29 @@ class JobService:
         log_event("job_submitted", job_id=job_id, target=config.target, model=config.model,
                   api=config.api, max_in_flight=config.max_in_flight)
         self._start_task(job)
+        self.prune()
         return job
+
+    def supply_key(self, job: Job, body: Mapping[str, Any]) -> None:
+        """Resume a ``needs_key`` job with its own api_key, sent again."""
+        if job.status != NEEDS_KEY:
+            raise WrongState(f"job {job.id} is {job.status}; only a job in {NEEDS_KEY} "
+                             "takes its key again")
+        unknown = sorted(set(body) - {"api_key"})
+        if unknown:
+            raise ConfigError(f"config key '{unknown[0]}' (from request body): only "
+                              "\"api_key\" is accepted here")
+        _, api_key = split_body(body)
+        if api_key is None:
+            raise ConfigError("config key 'api_key' (from request body): required to resume")
+        job.config = build_job_config(job.spec, run_dir=self.jobs_dir / job.id / RUN_SUBDIR,
+                                      env=self.env, job_id=job.id, policy=self.policy,
+                                      api_key=api_key, brought_key=True)
+        job.status = QUEUED
+        job.error = None
+        self._persist(job)
+        log_event("job_key_supplied", job_id=job.id)
+        self._start_task(job)
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -346,7 +418,7 @@ class JobService:
             return False
         job.cancel_requested = True
         log_event("job_cancel_requested", job_id=job.id, status=job.status)
-        if job.status in (QUEUED, INTERRUPTED) and job.pipeline is None:
+        if job.status in (QUEUED, INTERRUPTED, NEEDS_KEY) and job.pipeline is None:
             # Not running: nothing to drain.
             self._end(job, CANCELLED)
             if job.task is not None:
@@ -444,11 +516,14 @@ class JobService:
             self._detach(job)
             raise
         except SelfInstructError as exc:
-            job.error = str(exc)
-            log_event("job_error", level="error", job_id=job.id, error=job.error)
+            # The API shows what failed in the job's terms; the operator's log, the detail.
+            job.error = job_error(exc)
+            log_event("job_error", level="error", job_id=job.id, kind=type(exc).__name__,
+                      detail=safe_url(str(exc)))
         except Exception as exc:
-            job.error = f"{type(exc).__name__}: {exc}"
-            log_event("job_error", level="error", job_id=job.id, error=job.error, exc_info=True)
+            job.error = job_error(exc)
+            log_event("job_error", level="error", job_id=job.id, kind=type(exc).__name__,
+                      detail=safe_url(str(exc)), exc_info=True)
         self._detach(job)
         self._end(job, status)
 
@@ -484,6 +559,7 @@ class JobService:
         job.finished_at = time.time()
         self._persist(job)
         job.ended.set()
+        self.prune()
         elapsed = job.finished_at - job.started_at if job.started_at else None
         log_event("job_ended", level="error" if status == FAILED else "info", job_id=job.id,
                   status=status, tasks_written=job.counters.get("tasks_written", 0),
@@ -494,6 +570,24 @@ class JobService:
         job_dir = self.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(job_dir / JOB_JSON, job.to_json())
+
+    def prune(self, now: float | None = None) -> tuple[str, ...]:
+        """Delete ended jobs (job.json and run directory) older than the retention, and
+        the oldest beyond ``max_kept`` ended ones; return their ids. Jobs that have not
+        ended (or wait for a key) are never deleted."""
+        now = time.time() if now is None else now
+        ended = sorted((j for j in self._jobs.values()
+                        if j.terminal and j.finished_at is not None and j.task_done()),
+                       key=lambda j: (j.finished_at or 0.0, j.id))
+        excess = max(0, len(ended) - self.max_kept)
+        doomed = [j for i, j in enumerate(ended)
+                  if i < excess or now - (j.finished_at or now) > self.retention_s]
+        for job in doomed:
+            shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)  # never follows links
+            del self._jobs[job.id]
+            log_event("job_pruned", job_id=job.id, status=job.status,
+                      finished_at=iso(job.finished_at))
+        return tuple(j.id for j in doomed)
 
     # ------------------------------------------------------------------ drain
     async def drain(self, timeout_s: float | None = None) -> None:

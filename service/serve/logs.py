@@ -4,7 +4,8 @@
 
 Call :func:`log_event` with an event name and plain JSON-able fields. Field names that
 look like secrets (``key``, ``token``, ``authorization``, ``*_key``, ``*_token``, ...)
-are replaced by ``"***"`` whatever their value, so a careless call cannot leak one; the
+are replaced by ``"***"`` whatever their value, and the credentials of every URL in a
+line are masked (:func:`service.secret.safe_url`), so a careless call cannot leak one; the
 callers still never pass a secret on purpose. Records from other libraries (aiohttp's
 server errors, asyncio) go through the same handler and come out as JSON too.
 """
@@ -19,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 import orjson
+
+from service.secret import safe_url
 
 LOGGER_NAME = "selfinstruct.serve"
 LogFormat = Literal["json", "text"]
@@ -78,7 +81,7 @@ class JsonFormatter(logging.Formatter):
             data[name if name not in _RESERVED else f"field_{name}"] = value
         if record.exc_info and record.exc_info[1] is not None:
             data["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return orjson.dumps(data, default=str).decode()
+        return safe_url(orjson.dumps(data, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -94,7 +97,7 @@ class TextFormatter(logging.Formatter):
         text = " ".join(str(p) for p in parts)
         if record.exc_info and record.exc_info[1] is not None:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return text
+        return safe_url(text)
 
 
 _handler: logging.Handler | None = None
