@@ -56,9 +56,9 @@ def make_config(out: Path, base_url: str, **flags: Any) -> Config:
     return config
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A real redis-server on a free loopback port, private to the test."""
+def start_redis_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port, answering PING (extra: its flags,
+    e.g. ``--requirepass``; the URL then needs the password to be usable)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (`make test` and .ci/run install it)")
@@ -67,7 +67,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(tmp_path)],
+         "no", "--dir", str(tmp_path), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -78,12 +78,24 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
             try:
                 client.ping()
                 break
+            except redis.AuthenticationError:
+                break  # up, and wants a password
             except redis.ConnectionError:
                 if time.monotonic() > deadline or process.poll() is not None:
+                    process.kill()
                     pytest.fail("redis-server did not start")
                 time.sleep(0.05)
-        yield url
     finally:
         client.close()
+    return process, url
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, private to the test."""
+    process, url = start_redis_server(tmp_path)
+    try:
+        yield url
+    finally:
         process.terminate()
         process.wait(timeout=10)

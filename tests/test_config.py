@@ -166,9 +166,9 @@ def test_every_numeric_option_has_a_range() -> None:
 def test_every_numeric_option_is_refused_past_its_range_in_every_layer(
         tmp_path: Path, table: str, key: str) -> None:
     low, high = RANGES[key]
-    is_int = float(low).is_integer() and float(high).is_integer() and not (
-        key in {"threshold", "classification_share", "top_p", "temperature",
-                "presence_penalty", "frequency_penalty"})
+    fractions = {"threshold", "classification_share", "top_p", "temperature",
+                 "presence_penalty", "frequency_penalty"}
+    is_int = float(low).is_integer() and float(high).is_integer() and key not in fractions
     too_big = int(high) + 1 if is_int else high * 2 + 1
     too_small = int(low) - 1 if is_int else low - abs(low) - 1
     for bad in (too_big, too_small):
@@ -197,5 +197,5 @@ def test_every_numeric_option_is_refused_past_its_range_in_every_layer(
 def test_prices_have_a_range(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[prices.m]\ninput_per_1m = 1e300\n')
-    with pytest.raises(ConfigError, match="prices.m.input_per_1m.*from 0 to 1e"):
+    with pytest.raises(ConfigError, match=r"prices\.m\.input_per_1m.*from 0 to 1e"):
         load_config(config_file=path, env={})

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import orjson
@@ -31,7 +28,7 @@ from service.generate.distributed import (
 from service.llm.limiter import LimiterSettings
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, start_redis_server
 
 pytestmark = pytest.mark.redis
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -216,7 +213,7 @@ async def test_a_run_works_on_a_redis_cluster(tmp_path: Path) -> None:
     with socket.socket() as probe:  # the cluster bus: port + 10000 may not exist
         probe.bind(("127.0.0.1", 0))
         bus_port = probe.getsockname()[1]
-    server, url = _start_redis(tmp_path, "--cluster-enabled", "yes", "--cluster-port",
+    server, url = start_redis_server(tmp_path, "--cluster-enabled", "yes", "--cluster-port",
                                str(bus_port), "--cluster-config-file",
                                str(tmp_path / "nodes.conf"))
     try:
@@ -282,31 +279,9 @@ async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) 
                                           "--run-id", "../etc"]) == 2
 
 
-def _start_redis(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server on a free loopback port, answering PING."""
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path), *extra],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    return server, url
-
-
 async def test_a_worker_fails_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
     """Redis stops mid-run: the worker must end with an error, not hang for ever."""
-    server, url = _start_redis(tmp_path)
+    server, url = start_redis_server(tmp_path)
     try:
         client = redis.Redis.from_url(url)
         async with SimulatedServer(SimSettings(latency_ms=100, seed=9)) as sim:

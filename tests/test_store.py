@@ -214,10 +214,10 @@ def test_a_symlink_in_the_run_directory_is_refused_and_its_target_untouched(
     content = b"precious data without a final newline"
     victim.write_bytes(content)
     (root / name).symlink_to(victim)
-    with pytest.raises(RunDirError, match=rf"{name}: is a symbolic link; refusing to follow"):
-        with RunDir.open(root) as run:
-            run.read_run_json()  # run.json is only read
-            run.records(name)
+    with pytest.raises(RunDirError, match=rf"{name}: is a symbolic link; refusing to follow"), \
+            RunDir.open(root) as run:
+        run.read_run_json()  # run.json is only read
+        run.records(name)
     assert victim.read_bytes() == content
     assert (root / name).is_symlink()
 

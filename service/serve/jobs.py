@@ -469,6 +469,7 @@ class JobService:
     def _start_task(self, job: Job) -> None:
         job.ended.clear()
         job.task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        job.task.add_done_callback(lambda _: self.prune())  # an ended job may now go
 
     async def _run(self, job: Job) -> None:
         try:
@@ -559,7 +560,6 @@ class JobService:
         job.finished_at = time.time()
         self._persist(job)
         job.ended.set()
-        self.prune()
         elapsed = job.finished_at - job.started_at if job.started_at else None
         log_event("job_ended", level="error" if status == FAILED else "info", job_id=job.id,
                   status=status, tasks_written=job.counters.get("tasks_written", 0),
