@@ -162,6 +162,13 @@ async def test_the_workers_key_goes_only_to_allowed_endpoints(tmp_path: Path) ->
                                                       "model": "sim"})
             assert status == 400, "the worker's own URL is allowed only by default"
         assert {r["authorization"] for r in rec.seen[before:]} == {f"Bearer {CANARY}"}
+        # --restrict-endpoints: no other endpoint at all, even with the job's own key.
+        before = len(rec.seen)
+        async with _worker(tmp_path / "c", env, restrict_endpoints=True) as worker:
+            status, answer = await _post(http, f"{worker.url}/v1/jobs", {
+                "target": 3, "base_url": rec.url, "model": "m", "api_key": JOB_KEY})
+            assert status == 400 and "calls only the endpoints" in answer["error"]
+        assert len(rec.seen) == before
 
 
 async def test_a_resumed_job_whose_key_is_gone_waits_in_needs_key(tmp_path: Path) -> None:
@@ -342,7 +349,8 @@ def test_every_worker_limit_has_a_range(capsys: pytest.CaptureFixture[str],
     for flag, bad in (("--max-queued", "0"), ("--max-queued", "1000001"),
                       ("--max-kept-jobs", "0"), ("--job-retention", "1"),
                       ("--max-sse-streams", "100000"), ("--max-jobs", "5000"),
-                      ("--drain-timeout", "0"), ("--port", "70000")):
+                      ("--drain-timeout", "0"), ("--port", "70000"),
+                      ("--max-body-bytes", "100")):
         assert cli_main(["serve", "--state-dir", state, "--no-auth", flag, bad]) == 2
         assert f"{flag}: expected" in capsys.readouterr().err, flag
     assert cli_main(["serve", "--state-dir", state, "--allow-run-id", "x"]) == 2

@@ -24,6 +24,7 @@ from service.config import Secret, load_config
 from service.errors import ConfigError, SelfInstructError
 from service.serve.limits import (
     DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_BODY,
     DEFAULT_MAX_JOBS,
     DEFAULT_MAX_KEPT,
     DEFAULT_MAX_QUEUED,
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-auth", action="store_true", help="no bearer token (tests, or one user on this machine); loopback --host only")
     parser.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="NAME", help="another name the Host header may carry (e.g. behind a proxy); repeatable")
     parser.add_argument("--allow-endpoint", dest="allow_endpoints", action="append", default=[], metavar="URL", help="an endpoint this worker's OPENAI_API_KEY may be sent to (default: its own OPENAI_BASE_URL only); other endpoints need the job's own api_key; repeatable")
+    parser.add_argument("--restrict-endpoints", action="store_true", help="jobs may call only the --allow-endpoint endpoints (or the worker's own base URL), with any key")
+    parser.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=DEFAULT_MAX_BODY, metavar="N", help=f"largest request body; past it 413 (default {DEFAULT_MAX_BODY})")
     parser.add_argument("--redis", metavar="URL", help="jobs run as distributed runs through this Redis (jobs cannot choose another); each job is a run of its own (its job id) unless it names one of --allow-run-id")
     parser.add_argument("--allow-run-id", dest="allow_run_ids", action="append", default=[], metavar="ID", help="a distributed run jobs may join by naming it as run_id (submit it to several workers to share one run); repeatable")
     add_range_help(parser)
@@ -82,6 +85,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Serv
         no_auth=bool(args.no_auth),
         allow_hosts=tuple(args.allow_hosts),
         allow_endpoints=tuple(args.allow_endpoints),
+        restrict_endpoints=bool(args.restrict_endpoints),
+        max_body_bytes=int(args.max_body_bytes),
         allow_run_ids=tuple(args.allow_run_ids),
         max_queued_jobs=int(args.max_queued_jobs),
         max_kept_jobs=int(args.max_kept_jobs),

@@ -91,6 +91,7 @@ class ServeSettings:
     no_auth: bool = False  # explicit: tests, or one user on a loopback-only worker
     allow_hosts: tuple[str, ...] = ()  # more names the Host header may carry
     allow_endpoints: tuple[str, ...] = ()  # where the worker's key may go; () = its base URL
+    restrict_endpoints: bool = False  # jobs may call only the allowed endpoints
     allow_run_ids: tuple[str, ...] = ()  # distributed runs jobs may join by name
     max_queued_jobs: int = DEFAULT_MAX_QUEUED
     max_kept_jobs: int = DEFAULT_MAX_KEPT
@@ -100,7 +101,7 @@ class ServeSettings:
     def validate(self) -> None:
         for flag, name in (("--port", "port"), ("--max-jobs", "max_jobs"),
                            ("--drain-timeout", "drain_timeout_s"),
-                           ("max_body_bytes", "max_body_bytes"),
+                           ("--max-body-bytes", "max_body_bytes"),
                            ("--max-queued", "max_queued_jobs"),
                            ("--max-kept-jobs", "max_kept_jobs"),
                            ("--job-retention", "job_retention_s"),
@@ -582,7 +583,8 @@ def _policy(settings: ServeSettings, env: Mapping[str, str]) -> JobPolicy:
     if not endpoints:
         own = load_config({}, env=env)[0].base_url
         endpoints = (own,) if own else ()
-    return JobPolicy(allowed_endpoints=endpoints, shared_run_ids=settings.allow_run_ids)
+    return JobPolicy(allowed_endpoints=endpoints, shared_run_ids=settings.allow_run_ids,
+                     restrict_endpoints=settings.restrict_endpoints)
 
 
 def load_or_create_token(path: Path) -> Secret:

@@ -6,6 +6,8 @@ Anyone who can submit a job chooses the URL the worker calls. So:
   default: the worker's own configured base URL). A job naming another endpoint brings
   its own ``api_key``; a job that brought its own key never falls back to the worker's
   (after a restart, when the in-memory key is gone, it waits in ``needs_key``).
+  ``--restrict-endpoints``: jobs may name no other endpoint at all (the worker then
+  sends nothing to an address a job chose).
 * **Distributed runs are the operator's**: the Redis URL comes from ``serve --redis``
   only, and a job runs in a distributed run of its own (its job id) unless it names one
   the operator shares (``--allow-run-id``): one job cannot join another's run.
@@ -68,6 +70,7 @@ class JobPolicy:
 
     allowed_endpoints: tuple[str, ...] = ()
     shared_run_ids: tuple[str, ...] = ()
+    restrict_endpoints: bool = False  # jobs may name only the allowed endpoints at all
 
     def __post_init__(self) -> None:
         for url in self.allowed_endpoints:
@@ -95,6 +98,12 @@ class JobPolicy:
         stored). ``brought_key``: the job was submitted with a key of its own.
         ``run_id``: the one the job asked for, if any.
         """
+        if self.restrict_endpoints:
+            for url in sorted(job_endpoints(config)):
+                if not self.key_may_go_to(url):
+                    raise ConfigError(f"config key 'base_url' (from request body): this worker "
+                                      f"calls only the endpoints its operator allowed "
+                                      f"(--allow-endpoint), not {safe_url(url)}")
         if own_key is not None:
             config = dataclasses.replace(config, api_key=Secret(own_key))
         elif brought_key:
