@@ -486,3 +486,13 @@ async def test_a_lock_link_in_the_state_directory_is_refused(tmp_path: Path) -> 
             pass
     assert victim.read_bytes() == b"keep me"
     os.unlink(state / ".lock")
+
+
+def test_a_job_on_the_embedded_model_does_not_carry_the_workers_key() -> None:
+    from service.serve.policy import JobPolicy
+
+    config, _ = load_config({}, env={"OPENAI_API_KEY": CANARY})
+    assert config.base_url is None and config.api_key is not None
+    applied = JobPolicy().apply(config, own_key=None, brought_key=False, run_id=None,
+                                job_id="job-20260101T000000Z-0123456789")
+    assert applied.api_key is None
