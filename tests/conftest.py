@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,17 @@ from service.simulator import SimSettings, SimulatedServer
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The worker's JSON log lines, captured for the test."""
+    from service.serve.logs import configure_logging, reset_logging
+
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    yield stream
+    reset_logging()
 
 
 @pytest.fixture

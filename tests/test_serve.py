@@ -8,7 +8,6 @@ import asyncio
 import io
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from service.config import Secret
 from service.rundir.store import TASKS
 from service.rundir.verify import verify_run
 from service.serve.app import ServeSettings, Worker
-from service.serve.logs import configure_logging, reset_logging
 from service.simulator import SimSettings, SimulatedServer
 from tests.conftest import PYTHON, ROOT
 
@@ -34,14 +32,6 @@ def lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json", stream=stream)
-    yield stream
-    reset_logging()
 
 
 def _worker(tmp_path: Path, **overrides: Any) -> Worker:

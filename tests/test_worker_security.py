@@ -15,7 +15,7 @@ import io
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from service.config import Config, Secret, load_config
 from service.errors import ConfigError, RunDirError
 from service.llm.errors import ClientRequestError, ConnectionFailed, RequestTimeout, ServerError
 from service.serve.app import ServeSettings, Worker
-from service.serve.logs import configure_logging, log_event, reset_logging
+from service.serve.logs import log_event
 from service.serve.policy import job_error
 from service.simulator import SimSettings, SimulatedServer
 from tests.conftest import start_redis_server
@@ -73,14 +73,6 @@ async def recorder(status: int = 401, body: str = '{"error": {"message": "no"}}'
         yield rec
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json", stream=stream)
-    yield stream
-    reset_logging()
 
 
 def _worker(state: Path, env: dict[str, str] | None = None, **overrides: Any) -> Worker:
