@@ -488,3 +488,20 @@ def test_a_job_on_the_embedded_model_does_not_carry_the_workers_key() -> None:
     applied = JobPolicy().apply(config, own_key=None, brought_key=False, run_id=None,
                                 job_id="job-20260101T000000Z-0123456789")
     assert applied.api_key is None
+
+
+@pytest.mark.parametrize(("bound", "allowed", "refused"), [
+    ("127.0.0.1", ["127.0.0.1:80", "localhost:1", "[::1]:2", "127.0.0.2"],
+     ["evil.example", "10.0.0.1", "0.0.0.0", "localhost.evil.example", ""]),
+    ("localhost", ["127.0.0.1:8080", "LOCALHOST:8080"], ["evil.example:8080", "192.168.0.1"]),
+    ("0.0.0.0", ["10.1.2.3:80", "localhost", "[fe80::1]:80"], ["evil.example", "a.b"]),
+    ("10.0.0.5", ["10.0.0.5:8080"], ["10.0.0.6", "localhost", "127.0.0.1", "x.example"]),
+])
+def test_host_check_accepts_this_workers_addresses_only(
+        bound: str, allowed: list[str], refused: list[str]) -> None:
+    from service.serve.app import HostCheck
+
+    check = HostCheck(bound, ())
+    assert [h for h in allowed if not check.allows(h)] == []
+    assert [h for h in refused if check.allows(h)] == []
+    assert HostCheck(bound, ("proxy.example",)).allows("proxy.example:443")

@@ -145,8 +145,10 @@ class HostCheck:
 
     def __init__(self, bound: str, extra: tuple[str, ...]) -> None:
         self.bound_ip = _ip(bound)
+        self.everywhere = self.bound_ip is not None and self.bound_ip.is_unspecified
+        self.loopback = is_loopback(bound) or self.everywhere
         self.names = {bound.lower().strip("[]"), *(h.lower() for h in extra)}
-        if is_loopback(bound) or (self.bound_ip is not None and self.bound_ip.is_unspecified):
+        if self.loopback:
             self.names |= LOOPBACK_NAMES
 
     def allows(self, host_header: str) -> bool:
@@ -154,10 +156,9 @@ class HostCheck:
         if name in self.names:
             return True
         ip = _ip(name)
-        if ip is None or self.bound_ip is None:
+        if ip is None:
             return False
-        return ip == self.bound_ip or self.bound_ip.is_unspecified or (
-            ip.is_loopback and self.bound_ip.is_loopback)
+        return self.everywhere or ip == self.bound_ip or (self.loopback and ip.is_loopback)
 
 
 def _host_name(host_header: str) -> str:
