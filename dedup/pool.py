@@ -31,6 +31,7 @@ from dedup.tokenize import get_tokenizer
 INDEXES = ("exact", "lsh64", "lsh128", "brute")
 _BOUND_SLACK = 1e-9
 _FIRST_PASS = 64
+_REJECTED_MEMO = 200_000  # rejected token strings remembered (a few tens of MB at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,11 @@ class Pool:
         else:
             raise ValueError(f"unknown index {index!r}: expected one of {', '.join(INDEXES)}")
         self._full = FullIndex() if (top_k or mean_similarity) else None
+        # Exact repeats are decided without the index: a repeat of an entry scores 1.0
+        # against it, and a repeat of a rejected candidate is rejected again (the pool
+        # only grows, so its match is still there).
+        self._entry_by_code: dict[str, int] = {}
+        self._rejected: dict[str, Decision] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -122,6 +128,7 @@ class Pool:
             grown[: self._code_array.size] = self._code_array
             self._code_array = grown
         self._code_array[entry] = code
+        self._entry_by_code.setdefault(code, entry)
         self._prefilter.add(entry, code)
         if self._full is not None:
             self._full.add(entry, code)
@@ -188,6 +195,16 @@ class Pool:
         """In order: a later candidate is checked against earlier admitted ones."""
         return [self.admit(text) for text in texts]
 
+    def _repeat(self, code: str) -> Decision | None:
+        """The decision for an exact repeat (same tokens) of an entry or of a rejected
+        candidate; None for anything new."""
+        if not code:
+            return None
+        entry = self._entry_by_code.get(code)
+        if entry is not None and (self.inclusive or self.threshold < 1.0):  # F = 1.0 is a match
+            return Decision(False, 1.0, self._texts[entry])
+        return self._rejected.get(code)
+
     def _first_matches(self, code: str) -> list[tuple[int, float]]:
         """Entries over the threshold among the first batch that holds any.
 
@@ -222,10 +239,17 @@ class Pool:
         return []
 
     def _decide(self, text: str, code: str) -> Decision:
+        repeat = self._repeat(code)
+        if repeat is not None:
+            return repeat
         hits = self._first_matches(code)
         if hits:
             entry, score = max(hits, key=lambda hit: (hit[1], -hit[0]))
-            return Decision(False, score, self._texts[entry])
+            decision = Decision(False, score, self._texts[entry])
+            if len(self._rejected) >= _REJECTED_MEMO:
+                del self._rejected[next(iter(self._rejected))]  # the oldest
+            self._rejected[code] = decision
+            return decision
         most_similar: tuple[tuple[str, float], ...] = ()
         mean: float | None = None
         if self._full is not None and code and self._texts:
