@@ -252,6 +252,7 @@ class TracingLimiter(RateLimiter):
         self.attempts_by_task: Counter[asyncio.Task[Any]] = Counter()
         self.max_seen = 0
         self.on_send: Callable[[], None] | None = None  # called in the sending task
+        self.on_release = self._off_wire
 
     async def acquire(self, tokens: int = 0) -> Permit:
         if self.stopped:
@@ -271,8 +272,7 @@ class TracingLimiter(RateLimiter):
             self.on_send()
         return permit
 
-    def _release(self) -> None:  # called by Permit.release, in the task that holds it
-        super()._release()
+    def _off_wire(self) -> None:  # called by Permit.release, in the task that holds it
         task = asyncio.current_task()
         if task is not None:
             self.on_wire.discard(task)

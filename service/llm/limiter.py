@@ -109,6 +109,9 @@ class RateLimiter:
         self._clock = clock
         # Told how long each acquire waited (slot and rate), e.g. by the worker's metrics.
         self.on_wait = on_wait
+        # Called when a permit is released, in the task that held it (e.g. a load test's
+        # count of requests on the wire).
+        self.on_release: Callable[[], None] | None = None
         # The request bucket starts with one request, not a full burst: the first call goes
         # at once and the next ones are paced from the start (a full bucket would send
         # burst_seconds of requests in the first instant).
@@ -325,6 +328,8 @@ class RateLimiter:
     def _release(self) -> None:
         self.in_flight -= 1
         self._slots.release()
+        if self.on_release is not None:
+            self.on_release()
 
     def snapshot(self) -> dict[str, Any]:
         return {
