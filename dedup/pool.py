@@ -18,6 +18,7 @@ import numpy.typing as npt
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
+from dedup import INDEXES
 from dedup.index import (
     BruteIndex,
     CandidateIndex,
@@ -28,7 +29,6 @@ from dedup.index import (
 from dedup.rougel import Vocabulary
 from dedup.tokenize import get_tokenizer
 
-INDEXES = ("exact", "lsh64", "lsh128", "brute")
 _BOUND_SLACK = 1e-9
 _FIRST_PASS = 64
 _REJECTED_MEMO = 200_000  # rejected token strings remembered (a few tens of MB at most)
