@@ -42,6 +42,9 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+# Where the dedup pool lives: a thread of the generate process, or a child process of its
+# own (its own interpreter lock and core; see service/generate/admission.py).
+AdmissionMode = Literal["thread", "process"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class Config:
     tokenizer: TokenizerName = "rouge"
     # "brute" scores every pool entry, as the reference did (slow; for comparisons)
     dedup_index: IndexName = "exact"
+    admission: AdmissionMode = "process"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
@@ -266,9 +270,10 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
+    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index", "admission"}:
         literal_args = {
             "api": get_args(ApiKind),
+            "admission": get_args(AdmissionMode),
             "tokenizer": TOKENIZERS,
             "dedup_index": INDEXES,
         }.get(name, ())

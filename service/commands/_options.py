@@ -25,6 +25,7 @@ GENERATE_FLAGS: dict[str, str] = {
     "inclusive_threshold": "inclusive_threshold",
     "tokenizer": "tokenizer",
     "dedup_index": "dedup_index",
+    "admission": "admission",
     "budget_usd": "budget_usd",
     "max_total_tokens": "max_total_tokens",
     "request_timeout": "request_timeout",
@@ -58,6 +59,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, help="ROUGE-L tokenizer")
     parser.add_argument("--dedup-index", choices=INDEXES, help="dedup prefilter (brute: score every entry, as the reference did)")
+    parser.add_argument("--admission", choices=["thread", "process"], help="where the dedup pool runs: its own process (default; a core of its own) or a thread")
     parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
     parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
     parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")

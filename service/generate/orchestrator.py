@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.config import Config, StageConfig
 from service.errors import ConfigError, SelfInstructError
-from service.generate.admission import make_admit
+from service.generate.admission import open_admission
 from service.generate.backend import Backend
 from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
@@ -116,7 +116,9 @@ async def run_generate(
                 None, coordinator.make_admit, live_config, seed_texts
             )
         else:
-            admit = make_admit(live_config, seed_texts, _existing_texts(run_dir))
+            admit = stack.enter_context(
+                open_admission(live_config, seed_texts, _existing_texts(run_dir))
+            )
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
                             coordinator=coordinator)
         pipeline.load_existing()
