@@ -460,8 +460,9 @@ async def test_client_turns_any_response_into_a_result_or_an_llm_error(
         assert all(isinstance(c.text, str) for c in result.choices)
         assert result.usage.prompt_tokens >= 0 and result.usage.completion_tokens >= 0
         assert client.accounting.total_tokens >= 0 and client.accounting.cost_usd >= 0
-        # the limiter was settled with what the answer said it cost, and is usable again
-        assert client.limiter.snapshot() is not None
+        # the permit was settled and released: nothing is left in flight or waiting
+        snapshot = client.limiter.snapshot()
+        assert snapshot["in_flight"] == 0 and snapshot["queued"] == 0, snapshot
 
 
 # ------------------------------------------------------------ simulator requests

@@ -72,15 +72,6 @@ class RetriesExhausted(LLMError):
         self.attempts = attempts
 
 
-RETRYABLE: tuple[type[LLMError], ...] = (
-    RateLimitError,
-    ServerError,
-    ConnectionFailed,
-    BadResponse,
-    ContextLengthError,
-)
-
-
 def is_fatal(exc: BaseException) -> bool:
     """A 4xx other than 429 (bad key, unknown model, bad request) will not get better; a
     too-long prompt is the request's problem (it is shrunk and retried), not fatal."""
@@ -93,7 +84,6 @@ def error_kind(exc: BaseException) -> str:
 
 
 __all__ = [
-    "RETRYABLE",
     "BadResponse",
     "ClientRequestError",
     "ConnectionFailed",
