@@ -29,13 +29,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.config import RANGES, STAGES, Config, load_config
-from service.errors import ConfigError, InputError
+from service.errors import ConfigError, InputError, LLMError
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.stages.classify import parse_classify_answer
 from service.generate.stages.instances import NULL_INPUTS, parse_input_first, parse_output_first
 from service.generate.stages.instructions import parse_instruction_items
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings
-from service.llm.errors import LLMError
 from service.rundir.seeds import Instance, SeedTask, load_seed_tasks
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.answers import AnswerSettings, answer, rng_for

@@ -29,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Config
-from service.generate.backend import Backend, Choice, Sampling, StagePrompt
+from service.generate.backend import Backend, Sampling, StageAnswer, StagePrompt
 from service.generate.filters import clean_instruction, filter_instances
 from service.generate.llm_backend import open_backend
 from service.generate.orchestrator import run_generate
@@ -55,7 +55,7 @@ class Call:
 
     stage: str
     prompts: list[str]
-    choices: list[Choice] | None = None
+    choices: list[StageAnswer] | None = None
     error: str | None = None
     cancelled: bool = False
 
@@ -71,11 +71,11 @@ class RecordingBackend:
         return list(self.inner.limiters())
 
     async def complete(self, stage: str, prompts: Sequence[StagePrompt],
-                       sampling: Sampling) -> list[Choice]:
+                       sampling: Sampling) -> list[StageAnswer]:
         call = Call(stage, [p.text for p in prompts])
         self.calls.append(call)
         try:
-            choices: list[Choice] = await self.inner.complete(stage, prompts, sampling)
+            choices: list[StageAnswer] = await self.inner.complete(stage, prompts, sampling)
         except asyncio.CancelledError:
             call.cancelled = True
             raise

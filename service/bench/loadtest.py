@@ -31,23 +31,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.errors import BudgetExceeded, ConfigError, LLMError
-from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
-from service.llm.accounting import latency_summary, percentile
-from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
-from service.llm.errors import (
+from service.errors import (
+    BudgetExceeded,
     ClientRequestError,
+    ConfigError,
     ConnectionFailed,
     ContextLengthError,
+    LLMError,
     RetriesExhausted,
     error_kind,
 )
+from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
+from service.llm.accounting import latency_summary, percentile
+from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
 from service.llm.limiter import Permit, RateLimiter
 from service.llm.loop import raise_fd_limit
-from service.llm.secret import redact
 from service.llm.types import Result
 from service.progress import Progress, format_count
-from service.secret import safe_url
+from service.secret import redact, safe_url
 
 ApiKind = Literal["chat", "completions"]
 
