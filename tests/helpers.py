@@ -30,6 +30,19 @@ def jsonl(path: Path, *, complete_only: bool = False) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs: an exited child waiting to be reaped (a zombie) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child process: this checkout first on the path, none of
     :data:`DROPPED_ENV`, plus ``extra``."""

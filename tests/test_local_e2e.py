@@ -4,7 +4,6 @@ llama.cpp model, runs every stage through it, and leaves no server behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, jsonl
+from tests.helpers import child_env, jsonl, process_alive
 
 pytestmark = pytest.mark.local_model
 
@@ -30,15 +29,6 @@ def _children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found.append(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in (
-        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
 
 
 def test_generate_verify_export_on_the_local_model(tmp_path: Path) -> None:
@@ -95,9 +85,9 @@ def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 130, stderr.decode()[-2000:]
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
+    assert not any(process_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted"
 
