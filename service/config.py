@@ -66,7 +66,7 @@ class StageConfig:
 
 
 def default_stages() -> dict[str, StageConfig]:
-    """The reference method's sampling per stage (reference.md)."""
+    """The reference method's sampling per stage (the paper's settings)."""
     return {
         "instructions": StageConfig(
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 
-def format_duration(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
     seconds = int(seconds)
@@ -48,7 +48,7 @@ def status_line(
     return (
         f"tasks {written}/{target} | admitted {admitted} | {rate:.2f} tasks/s | "
         f"in-flight {usage.get('in_flight', 0)} | 429s {usage.get('rate_limited', 0)} | "
-        f"tokens {format_count(tokens)} | ${cost:.2f} | ETA {format_duration(eta)}"
+        f"tokens {format_count(tokens)} | ${cost:.2f} | ETA {format_eta(eta)}"
     )
 
 

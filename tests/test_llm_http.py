@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
+from service.errors import ConnectionFailed, RetriesExhausted
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings
-from service.llm.errors import ConnectionFailed, RetriesExhausted
 from service.llm.http import HTTPPool, ProtocolError, ServerDisconnected, supports
 
 pytestmark = pytest.mark.timeout(30)

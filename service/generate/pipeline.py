@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service.config import Config
-from service.errors import BudgetExceeded, LLMError, RunDirError
+from service.errors import BudgetExceeded, LLMError, RunDirError, is_fatal
 from service.generate import control, records, resume, supply
 from service.generate.backend import Backend
 from service.generate.control import RunControl
@@ -48,7 +48,6 @@ from service.generate.seams import (
 )
 from service.generate.stage_calls import Candidate, StageCalls
 from service.generate.templates import Templates, load_templates
-from service.llm.errors import is_fatal
 from service.rundir.seeds import SeedTask
 from service.rundir.store import INSTRUCTIONS, REJECTED, TASKS, RunDir
 

@@ -2,7 +2,7 @@
 accounting. ``complete`` posts to {base_url}/completions, ``chat`` to
 {base_url}/chat/completions; both can stream (SSE) and then measure time to first token.
 
-Only :mod:`service.llm.errors` classes (and BudgetExceeded) leave this module;
+Only LLMError subclasses (service.errors) and BudgetExceeded leave this module;
 CancelledError propagates untouched.
 """
 
@@ -19,10 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.llm import http as lean_http
-from service.llm.accounting import Accounting
-from service.llm.constants import KEEPALIVE_S
-from service.llm.errors import (
+from service.errors import (
     BadResponse,
     ClientRequestError,
     ConnectionFailed,
@@ -35,6 +32,9 @@ from service.llm.errors import (
     ServerError,
     error_kind,
 )
+from service.llm import http as lean_http
+from service.llm.accounting import Accounting
+from service.llm.constants import KEEPALIVE_S
 from service.llm.http import HTTPPool
 from service.llm.limiter import Permit, RateLimiter
 from service.llm.retry import (
@@ -45,7 +45,6 @@ from service.llm.retry import (
     shrink_max_tokens,
     truncate_message,
 )
-from service.llm.secret import redact
 from service.llm.settings import ClientSettings
 from service.llm.tokens import (
     estimate_chat_tokens,
@@ -54,6 +53,7 @@ from service.llm.tokens import (
     request_weight,
 )
 from service.llm.types import Choice, Result, Usage
+from service.secret import redact
 
 Message = Mapping[str, str]
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))

@@ -16,7 +16,7 @@ from service.llm.constants import (
     USER_AGENT,
 )
 from service.llm.limiter import LimiterSettings
-from service.llm.secret import Secret
+from service.secret import Secret
 
 
 @dataclass(frozen=True)

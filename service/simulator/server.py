@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import math
 import random
-import resource
 import socket
 import struct
 import time
@@ -43,6 +42,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from service.llm.loop import raise_fd_limit
 from service.llm.tokens import estimate_chat_tokens, estimate_text_tokens
 from service.simulator.answers import AnswerSettings, answer, rng_for
 from service.simulator.ratelimit import ServerLimiter
@@ -79,20 +79,6 @@ class _Parsed:
     stream: bool
     include_usage: bool
     answer_seed: str
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one (thousands of connections need it);
-    returns the soft limit now in force. Best effort."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return int(target)
-        return int(soft)
-    except (ValueError, OSError):
-        return -1
 
 
 @lru_cache(maxsize=2048)  # a few kB a prompt: ~15 MB at most
