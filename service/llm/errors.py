@@ -8,9 +8,14 @@ aiohttp and asyncio exceptions are translated at the boundary (CancelledError pr
     │   └── DeadlineExceeded  the call's overall deadline passed (not retried)
     ├── ConnectionFailed      refused / reset / disconnected (retried)
     ├── BadResponse           200 with a body that is not the expected JSON (retried)
+    │   └── ResponseTooLarge  body (or its inflated size) past max_response_bytes (retried)
     ├── ClientRequestError    other 4xx: fails fast with status and server message
     │   └── ContextLengthError  prompt + max_tokens too long (max_tokens shrunk, retried)
-    └── RetriesExhausted      attempts used up; ``last`` is the final cause
+    ├── RetriesExhausted      attempts used up; ``last`` is the final cause
+    ├── ClientSetupError      our own key or URL cannot be sent (fatal at once, never retried)
+    └── EndpointUnavailable   every call failed for give_up_after seconds (fatal: ends the run)
+
+``fatal = True`` marks the errors that end a run (the pipeline stops on them).
 """
 
 from __future__ import annotations
@@ -49,6 +54,32 @@ class ConnectionFailed(LLMError):
 
 class BadResponse(LLMError):
     kind = "bad_response"
+
+
+class ResponseTooLarge(BadResponse):
+    kind = "response_too_large"
+
+
+class ClientSetupError(LLMError):
+    """The request cannot be built from our own settings (a key with CR/LF or characters
+    outside Latin-1, a key plus credentials in the URL, a malformed URL): no retry can
+    help, and nothing was sent."""
+
+    kind = "client_setup"
+    fatal = True
+
+
+class EndpointUnavailable(LLMError):
+    """Every call to the endpoint failed (no connection, timeouts, 5xx, unusable bodies)
+    for ``give_up_after`` seconds: the run ends instead of retrying for ever."""
+
+    kind = "endpoint_unavailable"
+    fatal = True
+
+    def __init__(self, message: str, failing_s: float, attempts: int) -> None:
+        super().__init__(message)
+        self.failing_s = failing_s
+        self.attempts = attempts
 
 
 class ClientRequestError(LLMError):
@@ -90,12 +121,15 @@ __all__ = [
     "RETRYABLE",
     "BadResponse",
     "ClientRequestError",
+    "ClientSetupError",
     "ConnectionFailed",
     "ContextLengthError",
     "DeadlineExceeded",
+    "EndpointUnavailable",
     "LLMError",
     "RateLimitError",
     "RequestTimeout",
+    "ResponseTooLarge",
     "RetriesExhausted",
     "ServerError",
     "error_kind",
