@@ -357,6 +357,9 @@ class LLMClient:
             finally:
                 permit.release()
             if delay > 0:
+                give_up_in = self.health.give_up_in(loop.time())
+                if give_up_in is not None:  # wake for the give-up moment, not after it
+                    delay = min(delay, max(0.0, give_up_in))
                 await asyncio.sleep(delay)
 
     async def _pause_while_failing(self, loop: asyncio.AbstractEventLoop,
