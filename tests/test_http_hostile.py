@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.util
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.llm import ClientSettings, LLMClient, RetrySettings
 from service.llm.errors import ResponseTooLarge, RetriesExhausted
 from service.llm.http import MAX_HEAD_BYTES, BodyTooLarge, HTTPPool, ProtocolError
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -331,3 +335,49 @@ async def test_client_reads_a_response_just_under_the_cap(hostile: Serve, client
                               lean_http=client == "lean", max_response_bytes=8192)
     async with LLMClient(settings) as llm:
         assert (await llm.complete("hello", max_tokens=4)).text == "hi"
+
+
+# Acceptance: the raw-bytes fuzz target (fuzz/http_responses.py) on a bounded number of
+# examples here; its module docstring has the longer runs.
+def _fuzz_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_http_responses", ROOT / "fuzz" / "http_responses.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FUZZ = _fuzz_module()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_fuzz_harness() -> Iterator[None]:
+    yield
+    FUZZ.close()
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzz_target_hostile_bytes(data: bytes) -> None:
+    FUZZ.check(data)
+
+
+@pytest.mark.parametrize("seed", range(len(FUZZ.SEEDS)))
+@pytest.mark.parametrize("pieces", [0x00, 0x10, 0x40])  # 1-byte, 2-byte and 4 KB writes
+def test_fuzz_target_every_seed(seed: int, pieces: int) -> None:
+    """Every seed response, unmutated (an empty splice), through the fuzz harness."""
+    FUZZ.check(bytes((0x80 | pieces | seed, 0)))
+
+
+def test_fuzz_target_checks_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness is not vacuous: bytes after a complete response pass (the pool closes
+    that connection), but a second answer other than the expected one fails the input."""
+    extra = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n"
+             b"Content-Length: 4\r\n\r\nevil")
+    FUZZ.check(bytes((0, 0)) + extra)
+    monkeypatch.setattr(FUZZ, "GOOD", b'{"other": 1}')
+    with pytest.raises(AssertionError, match="second answer wrong"):
+        FUZZ.check(bytes((0, 0)) + extra)
+    assert FUZZ.build(bytes((0x81, 0)) + b"X") == (b"X" + FUZZ.SEEDS[1], 7, True)
