@@ -35,9 +35,10 @@ _FIRST_PASS = 64
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``score`` is the highest similarity found: exact whenever the candidate is rejected
-    or ``top_k`` > 0. ``match`` is the entry with that score (the earliest on ties) when
-    rejected. ``most_similar`` is the exact top-k (score > 0) for admitted candidates."""
+    """``score`` is the highest similarity found: for a rejection, the best of the
+    candidates scored before a match turned up (see ``Pool._first_matches``); for an
+    admission, exact when ``top_k`` > 0. ``match`` is the entry with that score (the
+    earliest on ties) when rejected. ``most_similar`` is the exact top-k (score > 0) for admitted candidates."""
 
     admitted: bool
     score: float
@@ -187,8 +188,41 @@ class Pool:
         """In order: a later candidate is checked against earlier admitted ones."""
         return [self.admit(text) for text in texts]
 
+    def _first_matches(self, code: str) -> list[tuple[int, float]]:
+        """Entries over the threshold among the first batch that holds any.
+
+        A rejection needs one match, not all: the candidates that the most probes found
+        (the likeliest near-duplicates) are scored first, and the rest only when none of
+        those matches. The decision is the same as scoring every candidate; the score and
+        match reported for a rejection are the best of the batch that decided it."""
+        n = len(code)
+        if n == 0 or not self._texts:
+            return []
+        entries, hits = self._prefilter.candidate_hits(code)
+        if entries.size == 0:
+            return []
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)[entries]
+        fits = 2 * np.minimum(lengths, n) / (lengths + n) >= self.threshold - _BOUND_SLACK
+        entries, hits, lengths = entries[fits], hits[fits], lengths[fits]
+        if entries.size > _FIRST_PASS:
+            # Which 64 of equally likely candidates come first does not matter: the best
+            # of a batch wins, the earliest entry on ties (``_decide``).
+            order = np.argpartition(-hits, _FIRST_PASS - 1)
+            batches = [order[:_FIRST_PASS], order[_FIRST_PASS:]]
+        else:
+            batches = [np.arange(entries.size)]
+        for batch in batches:
+            if batch.size == 0:
+                continue
+            scores = self._f_measures(code, entries[batch], lengths[batch])
+            over = scores >= self.threshold if self.inclusive else scores > self.threshold
+            found = np.flatnonzero(over)
+            if found.size:
+                return [(int(entries[batch[i]]), float(scores[i])) for i in found.tolist()]
+        return []
+
     def _decide(self, text: str, code: str) -> Decision:
-        hits = self.matches(code)
+        hits = self._first_matches(code)
         if hits:
             entry, score = max(hits, key=lambda hit: (hit[1], -hit[0]))
             return Decision(False, score, self._texts[entry])

@@ -286,3 +286,24 @@ def test_non_latin_text_with_both_tokenizers(a: str, b: str) -> None:
     unicode_pool = Pool(tokenizer="unicode")
     unicode_pool.add(a)
     assert not unicode_pool.check(b).admitted
+
+
+@pytest.mark.parametrize("index", ["exact", "brute"])
+def test_early_rejection_decides_as_scoring_every_candidate(index: str) -> None:
+    """A rejection stops at the first batch of candidates holding a match; the decision
+    must equal the one from every candidate's score, and the reported match must be real."""
+    rng = random.Random(21)
+    pool = Pool(0.7, index=index, top_k=0)
+    texts = _families(rng, 1500)
+    pool.preload(texts[:1200])  # large enough that queries meet > 64 candidates
+    queries = texts[1200:]
+    rejected = 0
+    for text in queries:
+        decision = pool.check(text)
+        every_match = pool.matches(pool.encode(text))
+        assert decision.admitted == (not every_match)
+        if not decision.admitted:
+            rejected += 1
+            assert decision.match is not None
+            assert reference_f(text, decision.match) == decision.score > 0.7
+    assert 0 < rejected < len(queries)
