@@ -28,7 +28,7 @@ It fails (raises AssertionError, which atheris reports with the input) when:
 
 Run it for longer (no extra package; random mutations of the seeds, seeded):
 
-    .venv/bin/python fuzz/http_responses.py --seconds 600 [--seed 1]
+    .venv/bin/python fuzz/http_responses.py --seconds 600 [--seed 1] [--uvloop]
 
 or coverage-guided with atheris (not a dependency):
 
@@ -155,8 +155,13 @@ class _Harness:
     """One event loop and one server for the whole fuzz session (atheris calls
     :func:`check` synchronously, many thousands of times)."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, use_uvloop: bool = False) -> None:
+        if use_uvloop:
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _loop, ctx: self.errors.append(ctx))
         self.server = _Hostile()
@@ -241,9 +246,10 @@ def build(data: bytes) -> tuple[bytes, int, bool]:
 
 
 def check(data: bytes) -> None:
-    """One fuzz input (see the module docstring)."""
+    """One fuzz input (see the module docstring); SELFINSTRUCT_FUZZ_UVLOOP=1 runs the
+    client on uvloop, as generate does."""
     if not _harness:
-        _harness.append(_Harness())
+        _harness.append(_Harness(os.environ.get("SELFINSTRUCT_FUZZ_UVLOOP") == "1"))
     reply, pieces, close_after = build(data)
     _harness[0].run(reply, pieces, close_after)
 
@@ -291,7 +297,10 @@ def main() -> None:
         parser = argparse.ArgumentParser(description="fuzz the lean HTTP client's parser")
         parser.add_argument("--seconds", type=float, default=600.0)
         parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--uvloop", action="store_true", help="the client on uvloop")
         args = parser.parse_args()
+        if args.uvloop:
+            os.environ["SELFINSTRUCT_FUZZ_UVLOOP"] = "1"
         long_run(args.seconds, args.seed)
         return
     import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]  # only here

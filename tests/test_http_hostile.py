@@ -381,3 +381,35 @@ def test_fuzz_target_checks_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AssertionError, match="second answer wrong"):
         FUZZ.check(bytes((0, 0)) + extra)
     assert FUZZ.build(bytes((0x81, 0)) + b"X") == (b"X" + FUZZ.SEEDS[1], 7, True)
+
+
+def test_framing_reuse_and_limits_under_uvloop() -> None:
+    """generate runs the client on uvloop: its transports must give the same verdicts
+    (every framing case refused, an early answer never reused, the cap held)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        h = Hostile([])
+        server = await asyncio.start_server(h.handle, "127.0.0.1", 0, limit=1 << 20)
+        h.port = server.sockets[0].getsockname()[1]
+        try:
+            for case in sorted(FRAMING) + sorted(SIZES):
+                h.replies, h.requests, h.connections = [FRAMING.get(case) or SIZES[case],
+                                                        ok()], 0, 0
+                pool = pool_for(h)
+                try:
+                    with pytest.raises(ProtocolError):
+                        await pool.post("/c", b"{}", 10.0, 5.0)
+                    assert (await pool.post("/c", b"{}", 10.0, 5.0))[2] == BODY, case
+                finally:
+                    pool.close()
+                assert h.connections == 2, case
+        finally:
+            server.close()
+        await test_no_reuse_while_the_request_is_still_being_written()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
