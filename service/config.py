@@ -32,8 +32,10 @@ from typing import Any, Literal, get_args
 from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
 from service.llm.constants import (
+    DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
 )
 from service.secret import Secret as Secret  # re-exported: config users import it here
@@ -113,6 +115,10 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
+    # every call to the endpoint failed this long: the run ends (EndpointUnavailable)
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER_S
+    # a response body, and what gzip/deflate inflate it to, past this fails the call
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     budget_usd: float | None = None
     max_total_tokens: int | None = None
     prompts_per_request: int = 5
@@ -191,6 +197,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "request_timeout": (0.01, 3_600.0),
     "max_attempts": (1, 100),
     "deadline": (0.01, DAY_S),
+    "give_up_after": (0.1, DAY_S),
+    "max_response_bytes": (4_096, 1024 * 1024 * 1024),
     "budget_usd": (1e-6, 1e9),
     "max_total_tokens": (1, 10**13),
     "prompts_per_request": (1, 100),

@@ -16,9 +16,12 @@ LLMError branch at its boundary (CancelledError propagates).
     │   │   └── DeadlineExceeded  the call's overall deadline passed (not retried)
     │   ├── ConnectionFailed      refused / reset / disconnected (retried)
     │   ├── BadResponse           200 with a body that is not the expected JSON (retried)
+    │   │   └── ResponseTooLarge  body (or its inflated size) past max_response_bytes (retried)
     │   ├── ClientRequestError    other 4xx: fails fast with status and server message
     │   │   └── ContextLengthError  prompt + max_tokens too long (shrunk, retried)
-    │   └── RetriesExhausted      attempts used up; ``last`` is the final cause
+    │   ├── RetriesExhausted      attempts used up; ``last`` is the final cause
+    │   ├── ClientSetupError      our own key or URL cannot be sent (fatal at once, never retried)
+    │   └── EndpointUnavailable   every call failed for give_up_after seconds (fatal: ends the run)
     ├── LocalModelError           the embedded model did not start (service.llm.local)
     └── worker (service.serve.jobs): Draining, StateDirLocked, TooManyJobs, WrongState
 """
@@ -101,6 +104,30 @@ class BadResponse(LLMError):
     kind = "bad_response"
 
 
+class ResponseTooLarge(BadResponse):
+    kind = "response_too_large"
+
+
+class ClientSetupError(LLMError):
+    """The request cannot be built from our own settings (a key with CR/LF or characters
+    outside Latin-1, a key plus credentials in the URL, a malformed URL): no retry can
+    help, and nothing was sent."""
+
+    kind = "client_setup"
+
+
+class EndpointUnavailable(LLMError):
+    """Every call to the endpoint failed (no connection, timeouts, 5xx, unusable bodies)
+    for ``give_up_after`` seconds: the run ends instead of retrying for ever."""
+
+    kind = "endpoint_unavailable"
+
+    def __init__(self, message: str, failing_s: float, attempts: int) -> None:
+        super().__init__(message)
+        self.failing_s = failing_s
+        self.attempts = attempts
+
+
 class ClientRequestError(LLMError):
     kind = "client_error"
 
@@ -123,8 +150,11 @@ class RetriesExhausted(LLMError):
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """A 4xx other than 429 (bad key, unknown model, bad request) will not get better; a
-    too-long prompt is the request's problem (it is shrunk and retried), not fatal."""
+    """A 4xx other than 429 (bad key, unknown model, bad request) will not get better, nor
+    will our own unsendable settings or an endpoint that failed every call for
+    give_up_after; a too-long prompt is the request's problem (shrunk and retried)."""
+    if isinstance(exc, ClientSetupError | EndpointUnavailable):
+        return True
     return isinstance(exc, ClientRequestError) and not isinstance(exc, ContextLengthError)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from dedup import INDEXES, TOKENIZERS
 from service.config import RANGES, Config, load_config
+from service.llm.constants import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_RESPONSE_BYTES
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
 GENERATE_FLAGS: dict[str, str] = {
@@ -29,6 +30,8 @@ GENERATE_FLAGS: dict[str, str] = {
     "budget_usd": "budget_usd",
     "max_total_tokens": "max_total_tokens",
     "request_timeout": "request_timeout",
+    "give_up_after": "give_up_after",
+    "max_response_bytes": "max_response_bytes",
     "prompts_per_request": "prompts_per_request",
     "classification_share": "classification_share",
     "local_model": "local_model",
@@ -63,6 +66,8 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
     parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
     parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")
+    parser.add_argument("--give-up-after", metavar="SECONDS", help=f"end the run when every call to the endpoint has failed this long (default {DEFAULT_GIVE_UP_AFTER_S:g})")
+    parser.add_argument("--max-response-bytes", metavar="N", help=f"largest response body, also after gzip/deflate (default {DEFAULT_MAX_RESPONSE_BYTES})")
     parser.add_argument("--prompts-per-request", metavar="N", help="instruction prompts batched into one completions request")
     parser.add_argument("--classification-share", metavar="F", help="share of instruction prompts asking for classification tasks")
     parser.add_argument("--local-model", metavar="PATH.gguf", help="serve this GGUF file instead of the bundled model")

@@ -122,13 +122,15 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
                                 max_in_flight=config.max_in_flight),
         retry=RetrySettings(max_attempts=config.max_attempts,
                             request_timeout_s=config.request_timeout,
-                            deadline_s=config.deadline),
+                            deadline_s=config.deadline,
+                            give_up_after_s=config.give_up_after),
         prices={model: Price(i, o) for model, (i, o) in config.prices.items()},
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,
         # SELFINSTRUCT_HTTP_CLIENT=aiohttp: every call through aiohttp instead of the lean pool
         lean_http=os.environ.get("SELFINSTRUCT_HTTP_CLIENT", "lean") != "aiohttp",
+        max_response_bytes=config.max_response_bytes,
     )
 
 
