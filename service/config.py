@@ -100,7 +100,10 @@ class Config:
     api: ApiKind = "completions"
     rpm: int | None = None
     tpm: int | None = None
-    max_in_flight: int = 256
+    # None: sized by Little's law from the rate in force (configured or learned) and the
+    # measured latency, 256 while no rate is known; "auto": the adaptive limit driven by
+    # latency (servers that queue instead of answering 429); a number: fixed.
+    max_in_flight: int | Literal["auto"] | None = None
     request_timeout: float = 120.0
     max_attempts: int = 6
     deadline: float | None = None
@@ -139,6 +142,19 @@ class Config:
 
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]
+
+    def in_flight_bound(self) -> int:
+        """The most requests this run may ever have in flight (workers, connection pools)."""
+        if isinstance(self.max_in_flight, int):
+            return self.max_in_flight
+        from service.llm.constants import MAX_ADAPTIVE_IN_FLIGHT  # a leaf: no import cycle
+
+        return MAX_ADAPTIVE_IN_FLIGHT
+
+    def in_flight_mode(self) -> Literal["fixed", "rate", "auto"]:
+        if self.max_in_flight == "auto":
+            return "auto"
+        return "rate" if self.max_in_flight is None else "fixed"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for printing and run.json: secrets and the credentials of
@@ -270,6 +286,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
         if value not in literal_args:
             raise _fail(key, source, value, "one of " + ", ".join(literal_args))
         return value
+    if name == "max_in_flight" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if "bool" in type_text:
         if isinstance(value, bool):
             return value

@@ -315,7 +315,7 @@ async def bench_endpoint(settings: BenchSettings) -> AsyncIterator[BenchSettings
     async with endpoint_for(config) as live:
         yield dataclasses.replace(
             settings, base_url=live.base_url, model=live.model or "default", api=live.api,
-            concurrency=min(settings.concurrency, live.max_in_flight),
+            concurrency=min(settings.concurrency, live.in_flight_bound()),
         )
 
 

@@ -196,7 +196,7 @@ class Pipeline:
         self._supply_changed = asyncio.Event()
         self._request_counter = 0
         self._dedup_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
-        n_workers = max(1, config.max_in_flight)
+        n_workers = max(1, config.in_flight_bound())
         self.n_task_workers = n_workers
         self.n_instruction_workers = max(1, min(64, n_workers // 4))
         self._candidates: asyncio.Queue[list[tuple[str, dict[str, Any]]]] = asyncio.Queue(

@@ -36,7 +36,7 @@ from service.llm.errors import (
     error_kind,
 )
 from service.llm.http import HTTPPool
-from service.llm.limiter import Permit, RateLimiter
+from service.llm.limiter import Outcome, Permit, RateLimiter
 from service.llm.retry import (
     is_context_length_error,
     retry_after_from_headers,
@@ -268,6 +268,7 @@ class LLMClient:
                                              attempt, started)
             except LLMError as exc:
                 kind = error_kind(exc)
+                permit.finish(_outcome(exc))
                 if isinstance(exc, RateLimitError):
                     permit.settle(0)  # the server did not admit it
                     self.limiter.on_rate_limited(exc.retry_after)
@@ -292,6 +293,7 @@ class LLMClient:
                     ) from exc
                 self.accounting.record_retry(kind)
             else:
+                permit.finish("ok")
                 self.accounting.record_call(True, "ok", result.latency_s, result.ttft_s)
                 return result
             finally:
@@ -380,6 +382,15 @@ class LLMClient:
         if is_context_length_error(status, message):
             return ContextLengthError(text, status)
         return ClientRequestError(text, status)
+
+
+def _outcome(exc: LLMError) -> Outcome:
+    """What a failed attempt says about the server's load (for the limiter)."""
+    if isinstance(exc, RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, RequestTimeout | ServerError | ConnectionFailed):
+        return "overload"
+    return "failed"
 
 
 def _server_message(raw: bytes) -> str:
