@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
+from service.bench.loadtest import BenchSettings, run_bench
+from service.bench.sweep import find_knee, format_sweep, parse_levels, plot_sweep, run_sweep
 from service.commands import simulate
+from service.errors import ConfigError
+from service.generate.orchestrator import run_generate
+from service.rundir.store import RUN_JSON
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.capacity import BatchCapacity, QueueFull
+from tests.conftest import make_config
 
 BODY = {"model": "sim", "prompt": "Come up with a task.", "max_tokens": 16}
 
@@ -116,3 +124,66 @@ async def test_same_seed_same_answers_under_capacity() -> None:
                     texts.append((await resp.json())["choices"][0]["text"])
             bodies.append(texts)
     assert bodies[0] == bodies[1]
+
+
+# ------------------------------------------------------------------ clients against it
+async def test_bench_auto_finds_the_capacity() -> None:
+    """`bench --concurrency auto` against capacity 8: it fills the batch without
+    flooding the queue (a fixed 200 would keep ~190 waiting)."""
+    settings = SimSettings(latency_ms=100, jitter=0.2, capacity=8, batch_slowdown=0.5, seed=2)
+    async with SimulatedServer(settings) as sim:
+        report = await run_bench(BenchSettings(base_url=sim.base_url, duration_s=6,
+                                               concurrency="auto", max_tokens=8))
+        queued = sim.stats()["capacity"]["max_queued"]
+    assert report.ok > 0 and report.concurrency == "auto"
+    limit = report.limiter["in_flight_limit"]
+    assert 6 <= limit <= 16, report.limiter
+    assert report.limiter["no_load_latency_s"] is not None
+    assert queued < 60, queued
+
+
+async def test_sweep_marks_the_knee_and_plots(tmp_path: Path) -> None:
+    settings = SimSettings(latency_ms=50, jitter=0.1, capacity=4, batch_slowdown=0.2, seed=2)
+    async with SimulatedServer(settings) as sim:
+        result = await run_sweep(BenchSettings(base_url=sim.base_url, duration_s=1.5,
+                                               max_tokens=8), [1, 2, 4, 8, 16])
+    by_level = {p.concurrency: p for p in result.points}
+    assert list(by_level) == [1, 2, 4, 8, 16]
+    # beyond the capacity throughput stays, latency grows
+    assert by_level[16].requests_per_s < 1.3 * by_level[4].requests_per_s
+    assert (by_level[16].p50_s or 0) > 2 * (by_level[4].p50_s or 1)
+    assert result.knee is not None and result.knee.concurrency in (4, 8)
+    assert find_knee([]) is None
+    text = format_sweep(result)
+    assert "<- knee" in text
+    plot = tmp_path / "sweep.png"
+    plot_sweep(result, plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert orjson.loads(orjson.dumps(result.to_dict()))["knee"]["concurrency"] \
+        == result.knee.concurrency
+
+
+@pytest.mark.parametrize(("text", "ok"), [("1,2,4", True), ("4,2", False), ("0,1", False),
+                                          ("a,b", False), ("", False)])
+def test_sweep_levels(text: str, ok: bool) -> None:
+    if ok:
+        assert parse_levels(text) == (1, 2, 4)
+    else:
+        with pytest.raises(ConfigError):
+            parse_levels(text)
+
+
+async def test_generate_max_in_flight_auto(tmp_path: Path) -> None:
+    """`generate --max-in-flight auto` against a server of capacity 8: the run finishes
+    and run.json shows the limit found and the no-load latency."""
+    settings = SimSettings(latency_ms=40, jitter=0.2, capacity=8, seed=4, duplicate_rate=0.2)
+    async with SimulatedServer(settings) as sim:
+        config = make_config(tmp_path / "run", sim.base_url, target=120, max_in_flight="auto")
+        result = await run_generate(config, install_signal_handlers=False)
+        queued = sim.stats()["capacity"]["max_queued"]
+    assert result.summary.status == "finished"
+    limiter = orjson.loads((tmp_path / "run" / RUN_JSON).read_bytes())["usage"]["limiter"]
+    assert limiter["in_flight_mode"] == "auto"
+    assert 2 <= limiter["in_flight_limit"] <= 32
+    assert limiter["no_load_latency_s"] is not None
+    assert queued < 100
