@@ -20,6 +20,8 @@ from service.llm.concurrency import GradientLimit, Slots
 from service.llm.constants import MAX_ADAPTIVE_IN_FLIGHT, MAX_RETRY_AFTER_S, NO_RATE_IN_FLIGHT
 from service.llm.limiter import LimiterSettings, RateLimiter
 from service.llm.retry import parse_duration
+from service.progress import status_line
+from service.serve.metrics import JobsView, ServeMetrics, Totals
 
 
 class Clock:
@@ -344,3 +346,36 @@ async def test_a_cancelled_slot_waiter_leaves_no_trace() -> None:
     assert slots.held == 0 and slots.waiting == 0
     await slots.acquire()
     assert slots.held == 1
+
+
+# ------------------------------------------------------------------ where they show
+@pytest.mark.parametrize(("limiter", "shown"), [
+    ({"in_flight_limit": 208, "rpm": 6000.0, "rpm_source": "headers"},
+     "in-flight 3/208 | 6,000 rpm (headers) |"),
+    ({"in_flight_limit": 50, "rpm": 5400.0, "rpm_source": "429s"}, "3/50 | 5,400 rpm (429s)"),
+    ({"in_flight_limit": 64, "rpm": 600, "rpm_source": "configured"}, "3/64 | 600 rpm |"),
+    ({"in_flight_limit": 42, "in_flight_mode": "auto", "no_load_latency_s": 0.31, "rpm": None},
+     "3/42 auto, no-load 0.31s |"),
+    ({"a": {"in_flight_limit": 1}, "b": {"in_flight_limit": 2}}, "in-flight 3 |"),
+])
+def test_progress_shows_limits(limiter: dict[str, object], shown: str) -> None:
+    line = status_line(written=1, target=10, admitted=2, elapsed_s=1.0, written_this_run=1,
+                       usage={"in_flight": 3, "limiter": limiter})
+    assert shown in line
+
+
+def test_metrics_show_limits() -> None:
+    one = Totals(limits={"rpm": 6000.0, "in_flight": 208.0, "no_load_latency_s": 0.3})
+    two = Totals(limits={"rpm": 3000.0, "tpm": 1e6, "in_flight": 300.0})
+    total = Totals()
+    total.add(one)
+    total.add(two)
+    assert total.limits == {"rpm": 6000.0, "tpm": 1e6, "in_flight": 300.0,
+                            "no_load_latency_s": 0.3}
+    assert total.without_gauges().limits == {}
+    metrics = ServeMetrics()
+    metrics.bind(lambda: JobsView(total, {}, 0, False))
+    text = metrics.render().decode()
+    assert 'selfinstruct_llm_limit{kind="rpm"} 6000.0' in text
+    assert 'selfinstruct_llm_limit{kind="in_flight"} 300.0' in text
+    assert "selfinstruct_llm_no_load_latency_seconds 0.3" in text
