@@ -14,7 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from service.generate.distributed import RedisCoordinator, SharedRateLimiter
 from service.generate.orchestrator import run_generate
+from service.llm.limiter import LimiterSettings
 from service.rundir.store import RUN_JSON
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
@@ -95,3 +97,24 @@ async def test_limits_from_429s_only(tmp_path: Path, api: str) -> None:
     got = await run_against_limit(tmp_path / "run", api, headers=False, target=500)
     assert got.served >= 0.8, got
     assert got.rate_limited <= 0.05, got
+
+
+async def test_a_distributed_run_shares_what_one_process_learned(redis_url: str) -> None:
+    """One process sees the endpoint's x-ratelimit-limit-requests; the others (real Redis)
+    pace the run's one shared bucket with it before they have seen any header."""
+    settings = LimiterSettings(max_in_flight=8)
+    coordinators = [RedisCoordinator(redis_url, "learn") for _ in range(2)]
+    try:
+        first, second = (SharedRateLimiter(settings, c.aio, c.keys) for c in coordinators)
+        assert second.shared_rates() == (0.0, 0.0)
+        first.on_headers({"x-ratelimit-limit-requests": "600",
+                          "x-ratelimit-limit-tokens": "90000"})
+        (await first.acquire()).release()  # publishes
+        (await second.acquire()).release()  # reads
+        assert first.shared_rates() == second.shared_rates() == (600.0, 90000.0)
+        snap = second.snapshot()
+        assert (snap["rpm"], snap["rpm_source"]) == (600.0, "another process")
+        assert first.snapshot()["rpm_source"] == "headers"
+    finally:
+        for coordinator in coordinators:
+            await coordinator.aclose()

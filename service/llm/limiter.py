@@ -88,6 +88,9 @@ class LimiterSettings:
     recovery_per_s: float = RATE_RECOVERY_PER_S
     decrease_cooldown_s: float = DECREASE_COOLDOWN_S
     in_flight: InFlightMode = "fixed"  # "rate"/"auto": max_in_flight is the upper bound
+    # False: learned rates are recorded (``rpm``, ``learned``) but not paced here; a shared
+    # limiter (one bucket for many processes) paces with them instead
+    pace_locally: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -246,8 +249,10 @@ class RateLimiter:
         """Put the rates in force (configured, announced or found) into the buckets,
         keeping their levels: a change of limit does not grant a new burst."""
         self._advance()
-        rpm, tpm = self.rpm, self.learned.tpm
-        burst = self.settings.burst_seconds
+        settings = self.settings
+        rpm, tpm = (self.rpm, self.learned.tpm) if settings.pace_locally else \
+            (settings.rpm, settings.tpm)
+        burst = settings.burst_seconds
         if rpm is None:
             self._requests = None
         elif self._requests is None:
