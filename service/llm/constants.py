@@ -30,7 +30,7 @@ DECREASE_COOLDOWN_S = 1.0  # a burst of 429s from requests already in flight cut
 
 # Limits nobody told us (service.llm.adaptive, service.llm.concurrency)
 AIMD_DECREASE = 0.9  # on a 429 burst: this share of the rate the server was serving
-AIMD_INCREASE_SHARE_PER_S = 0.01  # then + this share of that rate per second
+AIMD_INCREASE_SHARE_PER_S = 0.02  # then + this share of that rate per second
 AIMD_MIN_RPM = 6.0
 AIMD_WINDOW_S = 2.0  # served rate measured over this window
 MAX_ANNOUNCED_RPM = 100_000_000.0  # a server's announced limits are clamped to these
