@@ -122,7 +122,7 @@ async def local_cases(levels: list[int], duration_s: float) -> tuple[SweepResult
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     parser.add_argument("--skip-local", action="store_true", help="not the embedded model")
     parser.add_argument("--no-write", action="store_true", help="print only")

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
+from service.llm.constants import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_ADAPTIVE_IN_FLIGHT,
+)
 from service.secret import Secret as Secret  # re-exported: config users import it here
 from service.secret import safe_url
 
@@ -101,11 +107,12 @@ class Config:
     rpm: int | None = None
     tpm: int | None = None
     # None: sized by Little's law from the rate in force (configured or learned) and the
-    # measured latency, 256 while no rate is known; "auto": the adaptive limit driven by
-    # latency (servers that queue instead of answering 429); a number: fixed.
+    # measured latency, NO_RATE_IN_FLIGHT (256) while no rate is known; "auto": the
+    # adaptive limit driven by latency (servers that queue instead of answering 429);
+    # a number: fixed.
     max_in_flight: int | Literal["auto"] | None = None
-    request_timeout: float = 120.0
-    max_attempts: int = 6
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
     budget_usd: float | None = None
     max_total_tokens: int | None = None
@@ -117,9 +124,9 @@ class Config:
     classification_share: float = 0.0
     threshold: float = 0.7
     inclusive_threshold: bool = False
-    tokenizer: Literal["rouge", "unicode"] = "rouge"
+    tokenizer: TokenizerName = "rouge"
     # "brute" scores every pool entry, as the reference did (slow; for comparisons)
-    dedup_index: Literal["exact", "lsh64", "lsh128", "brute"] = "exact"
+    dedup_index: IndexName = "exact"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
@@ -147,8 +154,6 @@ class Config:
         """The most requests this run may ever have in flight (workers, connection pools)."""
         if isinstance(self.max_in_flight, int):
             return self.max_in_flight
-        from service.llm.constants import MAX_ADAPTIVE_IN_FLIGHT  # a leaf: no import cycle
-
         return MAX_ADAPTIVE_IN_FLIGHT
 
     def in_flight_mode(self) -> Literal["fixed", "rate", "auto"]:
@@ -279,8 +284,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
     if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
         literal_args = {
             "api": get_args(ApiKind),
-            "tokenizer": ("rouge", "unicode"),
-            "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
+            "tokenizer": TOKENIZERS,
+            "dedup_index": INDEXES,
         }.get(name, ())
     if literal_args:
         if value not in literal_args:
