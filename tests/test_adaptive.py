@@ -231,13 +231,16 @@ def batching_server(capacity: int, base: float, slowdown: float) -> object:
     return latency
 
 
-@pytest.mark.parametrize(("capacity", "slowdown", "low", "high"), [
-    (48, 0.5, 44, 72),  # knee at 48; p50 within 2x of no-load
-    (4, 0.2, 4, 8),
-    (48, 2.0, 36, 72),  # a strongly slowing batch: no collapse far below the capacity
-    (256, 0.5, 230, 400),
+@pytest.mark.parametrize(("capacity", "slowdown", "low", "high", "share"), [
+    (48, 0.5, 44, 72, 0.95),  # knee at 48; p50 within 2x of no-load
+    (4, 0.2, 4, 8, 0.95),
+    # a full batch 3x slower than one request: no collapse, though the latency ceiling
+    # (2.5x the no-load latency) gives up some throughput
+    (48, 2.0, 24, 56, 0.85),
+    (256, 0.5, 230, 400, 0.95),
 ])
-def test_gradient_finds_the_knee(capacity: int, slowdown: float, low: int, high: int) -> None:
+def test_gradient_finds_the_knee(capacity: int, slowdown: float, low: int, high: int,
+                                 share: float) -> None:
     latency_of = batching_server(capacity, 0.3, slowdown)
     controller = GradientLimit()
     limits = drive(controller, latency_of, seconds=120)
@@ -248,7 +251,7 @@ def test_gradient_finds_the_knee(capacity: int, slowdown: float, low: int, high:
     # less than twice as slow as one request, latency stays within twice the no-load one
     settled = sorted(tail)[len(tail) // 2]
     best = capacity / latency_of(capacity)
-    assert settled / latency_of(settled) >= 0.95 * best
+    assert settled / latency_of(settled) >= share * best
     if slowdown < 1:
         assert latency_of(settled) <= 2 * 0.3
 

@@ -11,11 +11,12 @@ rises as their batch fills even when nothing queues:
   Near it (ratio <= ``tolerance``) nothing queues: grow (doubling until the first sign
   of queueing, then by about the square root of the limit).
 * Above it, the latency alone cannot tell batching from queueing, so throughput decides:
-  if the last change of the limit moved throughput with it (by at least half in
+  if the last change of the limit moved throughput with it (by at least 30% in
   proportion), the extra requests were served, not queued, so keep growing; if not,
   the extra requests only queued, so shrink by 10%.
-* Above ``max_ratio`` it shrinks in proportion, whatever throughput says (a latency
-  ceiling); on a timeout or 5xx it halves at once (once per window).
+* Above ``max_ratio`` (2.5) it shrinks in proportion, whatever throughput says (a latency
+  ceiling: a server whose full batch is 3x slower than one request gives up ~10% of
+  its throughput for it); on a timeout or 5xx it halves at once (once per window).
 * Windows where the caller kept fewer requests in flight than the limit (app-limited)
   change nothing: a limit that was not used says nothing about the server.
 
@@ -36,6 +37,7 @@ from service.llm.constants import (
     CONCURRENCY_MIN,
     CONCURRENCY_MIN_SAMPLES,
     CONCURRENCY_TOLERANCE,
+    CONCURRENCY_WINDOW_LATENCIES,
     MAX_ADAPTIVE_IN_FLIGHT,
     NO_LOAD_HORIZON_S,
 )
@@ -52,6 +54,7 @@ class GradientLimit:
                  max_limit: int = MAX_ADAPTIVE_IN_FLIGHT, tolerance: float = CONCURRENCY_TOLERANCE,
                  max_ratio: float = CONCURRENCY_MAX_RATIO, backoff: float = CONCURRENCY_BACKOFF,
                  min_samples: int = CONCURRENCY_MIN_SAMPLES,
+                 window_latencies: float = CONCURRENCY_WINDOW_LATENCIES,
                  no_load_horizon_s: float = NO_LOAD_HORIZON_S) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError(f"need 1 <= min_limit <= max_limit (got {min_limit}, {max_limit})")
@@ -61,6 +64,7 @@ class GradientLimit:
         self.max_ratio = max_ratio
         self.backoff = backoff
         self.min_samples = min_samples
+        self.window_latencies = window_latencies
         self.no_load_horizon_s = no_load_horizon_s
         self._limit = float(min(max_limit, max(min_limit, initial)))
         self.slow_start = True
@@ -104,7 +108,8 @@ class GradientLimit:
         self._in_flight_sum += max(0, in_flight)
         mean = self._latency_sum / self._count
         elapsed = now - self._start
-        if self._count >= self.min_samples and elapsed >= mean and elapsed > 0:
+        if self._count >= self.min_samples and elapsed >= self.window_latencies * mean \
+                and elapsed > 0:
             self._close(now, mean, self._count / elapsed, self._in_flight_sum / self._count)
         return self.limit
 

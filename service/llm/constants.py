@@ -42,9 +42,10 @@ LITTLE_EXTRA = 8  # ... + this
 CONCURRENCY_INITIAL = 4  # --max-in-flight auto starts here ...
 CONCURRENCY_MIN = 2
 CONCURRENCY_TOLERANCE = 1.5  # latency / no-load latency up to which nothing queues
-CONCURRENCY_MAX_RATIO = 4.0  # above this the limit shrinks whatever throughput says
+CONCURRENCY_MAX_RATIO = 2.5  # above this the limit shrinks whatever throughput says
 CONCURRENCY_BACKOFF = 0.5  # on a timeout or 5xx
-CONCURRENCY_MIN_SAMPLES = 8  # completions per measurement window (and at least one latency)
+CONCURRENCY_MIN_SAMPLES = 8  # completions per measurement window, at least ...
+CONCURRENCY_WINDOW_LATENCIES = 1.0  # ... and this many mean latencies long
 NO_LOAD_HORIZON_S = 120.0  # the no-load latency is the lowest window mean this recent
 LATENCY_EWMA_WEIGHT = 0.05  # weight of each new latency sample in the running mean
 
