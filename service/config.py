@@ -302,15 +302,16 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             return False
         raise _fail(key, source, value, "true or false")
     if "int" in type_text and "float" not in type_text:
+        integer = "an integer or 'auto'" if name == "max_in_flight" else "an integer"
         if isinstance(value, bool):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         if isinstance(value, str):
             try:
                 value = int(value.strip().replace("_", ""))
             except ValueError:
-                raise _fail(key, source, value, "an integer") from None
+                raise _fail(key, source, value, integer) from None
         if not isinstance(value, int):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         expected = out_of_range(name, value)
         if expected is not None:
             raise _fail(key, source, original, expected)

@@ -9,6 +9,8 @@ import math
 
 import pytest
 
+from service.config import load_config
+from service.errors import ConfigError
 from service.llm.adaptive import (
     AimdRate,
     LearnedLimits,
@@ -382,3 +384,19 @@ def test_metrics_show_limits() -> None:
     assert 'selfinstruct_llm_limit{kind="rpm"} 6000.0' in text
     assert 'selfinstruct_llm_limit{kind="in_flight"} 300.0' in text
     assert "selfinstruct_llm_no_load_latency_seconds 0.3" in text
+
+
+@pytest.mark.parametrize(("given", "value", "mode", "bound"), [
+    (None, None, "rate", MAX_ADAPTIVE_IN_FLIGHT), ("auto", "auto", "auto", MAX_ADAPTIVE_IN_FLIGHT),
+    (" AUTO ", "auto", "auto", MAX_ADAPTIVE_IN_FLIGHT), ("12", 12, "fixed", 12), (1, 1, "fixed", 1),
+])
+def test_max_in_flight_config(given: object, value: object, mode: str, bound: int) -> None:
+    config, _ = load_config({"max_in_flight": given}, env={})
+    assert (config.max_in_flight, config.in_flight_mode(), config.in_flight_bound()) == \
+        (value, mode, bound)
+
+
+@pytest.mark.parametrize("given", ["autox", "0", "10001", "-1"])
+def test_max_in_flight_config_errors(given: str) -> None:
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        load_config({"max_in_flight": given}, env={})
