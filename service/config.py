@@ -34,9 +34,9 @@ from service.errors import ConfigError
 from service.llm.constants import (
     DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_ADAPTIVE_IN_FLIGHT,
 )
 from service.secret import Secret as Secret  # re-exported: config users import it here
 from service.secret import safe_url
@@ -111,7 +111,11 @@ class Config:
     api: ApiKind = "completions"
     rpm: int | None = None
     tpm: int | None = None
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # None: sized by Little's law from the rate in force (configured or learned) and the
+    # measured latency, NO_RATE_IN_FLIGHT (256) while no rate is known; "auto": the
+    # adaptive limit driven by latency (servers that queue instead of answering 429);
+    # a number: fixed.
+    max_in_flight: int | Literal["auto"] | None = None
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
@@ -155,6 +159,17 @@ class Config:
 
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]
+
+    def in_flight_bound(self) -> int:
+        """The most requests this run may ever have in flight (workers, connection pools)."""
+        if isinstance(self.max_in_flight, int):
+            return self.max_in_flight
+        return MAX_ADAPTIVE_IN_FLIGHT
+
+    def in_flight_mode(self) -> Literal["fixed", "rate", "auto"]:
+        if self.max_in_flight == "auto":
+            return "auto"
+        return "rate" if self.max_in_flight is None else "fixed"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for printing and run.json: secrets and the credentials of
@@ -289,6 +304,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
         if value not in literal_args:
             raise _fail(key, source, value, "one of " + ", ".join(literal_args))
         return value
+    if name == "max_in_flight" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if "bool" in type_text:
         if isinstance(value, bool):
             return value
@@ -298,15 +315,16 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             return False
         raise _fail(key, source, value, "true or false")
     if "int" in type_text and "float" not in type_text:
+        integer = "an integer or 'auto'" if name == "max_in_flight" else "an integer"
         if isinstance(value, bool):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         if isinstance(value, str):
             try:
                 value = int(value.strip().replace("_", ""))
             except ValueError:
-                raise _fail(key, source, value, "an integer") from None
+                raise _fail(key, source, value, integer) from None
         if not isinstance(value, int):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         expected = out_of_range(name, value)
         if expected is not None:
             raise _fail(key, source, original, expected)

@@ -56,7 +56,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=["chat", "completions"], help="which API to call")
     parser.add_argument("--rpm", metavar="N", help="requests per minute to stay under")
     parser.add_argument("--tpm", metavar="N", help="tokens per minute to stay under")
-    parser.add_argument("--max-in-flight", metavar="N", help="cap on concurrent requests")
+    parser.add_argument("--max-in-flight", metavar="N|auto", help="cap on concurrent requests; auto: found from latency (self-hosted servers that queue); default: sized by Little's law from the rate limit (given or learned) and the measured latency, 256 while no rate is known")
     parser.add_argument("--seed", metavar="INT", help="makes sampling and prompts repeatable (whole runs repeat with --max-in-flight 1)")
     parser.add_argument("--threshold", metavar="F", help="ROUGE-L threshold (reject when above)")
     parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")

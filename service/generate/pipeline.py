@@ -93,7 +93,7 @@ class Pipeline:
         # One request at a time: take turns (see the module docstring), so runs repeat.
         self.sequential = config.max_in_flight == 1 and coordinator is None
         self._dedup_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
-        n_workers = max(1, config.max_in_flight)
+        n_workers = max(1, config.in_flight_bound())
         self.n_task_workers = n_workers
         self.n_instruction_workers = max(1, min(64, n_workers // 4))
         self._candidates: asyncio.Queue[list[Candidate]] = asyncio.Queue(

@@ -41,7 +41,7 @@ from service.llm.accounting import Accounting
 from service.llm.constants import KEEPALIVE_S
 from service.llm.health import EndpointHealth
 from service.llm.http import HTTPPool
-from service.llm.limiter import Permit, RateLimiter
+from service.llm.limiter import Outcome, Permit, RateLimiter
 from service.llm.retry import (
     is_context_length_error,
     retry_after_from_headers,
@@ -321,6 +321,7 @@ class LLMClient:
                                              attempt, started)
             except LLMError as exc:
                 kind = error_kind(exc)
+                permit.finish(_outcome(exc))
                 if isinstance(exc, _ENDPOINT_FAILURES):
                     self.health.record_failure(loop.time())
                     self._give_up_if_due(loop)
@@ -350,6 +351,7 @@ class LLMClient:
                     ) from exc
                 self.accounting.record_retry(kind)
             else:
+                permit.finish("ok")
                 self.health.record_answer()
                 self.accounting.record_call(True, "ok", result.latency_s, result.ttft_s)
                 return result
@@ -473,6 +475,15 @@ class LLMClient:
         if is_context_length_error(status, message):
             return ContextLengthError(text, status)
         return ClientRequestError(text, status)
+
+
+def _outcome(exc: LLMError) -> Outcome:
+    """What a failed attempt says about the server's load (for the limiter)."""
+    if isinstance(exc, RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, RequestTimeout | ServerError | ConnectionFailed):
+        return "overload"
+    return "failed"
 
 
 def _server_message(raw: bytes) -> str:

@@ -34,7 +34,7 @@ def parse_duration(value: str) -> float | None:
     except ValueError:
         pass
     else:
-        return seconds if seconds >= 0 else None
+        return seconds if 0 <= seconds < float("inf") else None  # NaN, inf: unusable
     pos, total = 0, 0.0
     unit_seconds = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     for match in _DURATION_PART.finditer(text):
