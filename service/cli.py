@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.commands.serve", "long-lived worker: HTTP job API, /healthz, /metrics"),
     "config": ("service.commands.config", "print the effective configuration (secrets redacted)"),
     "seeds": ("service.commands.seeds", "validate and summarise a seed-task file"),
+    "parse": ("service.commands.parse", "re-parse raw completions (golden-case format) under a compat mode"),
 }
 
 
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = _load(module_name)
         if module is None:
             continue
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text, allow_abbrev=False
+        )
         module.add_arguments(command_parser)
         command_parser.set_defaults(_module=module)
     return parser

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from service.errors import ConfigError
+from service.generate.compat import ALPACA_EXTRA_BLACKLIST, COMPAT_MODES, REFERENCE_BLACKLIST
 from service.secret import Secret as Secret  # re-exported: config users import it here
 from service.secret import safe_url
 
@@ -73,15 +74,19 @@ class FilterConfig:
 
     min_words: int = 4  # the reference drops <= 3 words
     max_words: int = 150
-    blacklist: tuple[str, ...] = (
-        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
-        "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
-        "diagram",
-    )
+    blacklist: tuple[str, ...] = REFERENCE_BLACKLIST  # the reference's 13
+    alpaca_blacklist: bool = False  # also ban Stanford Alpaca's 5 extra words
     drop_write_a_program: bool = True
     drop_leading_punctuation: bool = True
     drop_non_ascii_start: bool = True
     max_instances: int = 5
+
+
+def effective_blacklist(filters: FilterConfig) -> tuple[str, ...]:
+    """The banned words a run uses: the configured list, plus Alpaca's when asked."""
+    if not filters.alpaca_blacklist:
+        return filters.blacklist
+    return filters.blacklist + tuple(w for w in ALPACA_EXTRA_BLACKLIST if w not in filters.blacklist)
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class Config:
     prompts_per_request: int = 5
 
     # method
+    # "reference": the reference code's decisions on model text exactly (quirks included);
+    # "default": the project's (README "Fidelity to the method" lists the differences)
+    compat: Literal["default", "reference"] = "default"
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0
@@ -260,9 +268,10 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
+    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index", "compat"}:
         literal_args = {
             "api": get_args(ApiKind),
+            "compat": COMPAT_MODES,
             "tokenizer": ("rouge", "unicode"),
             "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
         }.get(name, ())

@@ -76,8 +76,11 @@ def build_instruction_prompt(
 
 
 def stop_sequences(next_number: int) -> list[str]:
-    """Stop on a blank line or when the list reaches item 16."""
-    return ["\n\n", f"\n{_STOP_AT}.", f"{_STOP_AT}."] if next_number < _STOP_AT else ["\n\n"]
+    """Stop on a blank line or where item 16 would begin ("16.", "16 .", or any line
+    starting with 16), as the reference does: more items than asked are not parsed."""
+    if next_number >= _STOP_AT:
+        return ["\n\n"]
+    return ["\n\n", f"\n{_STOP_AT}", f"{_STOP_AT}.", f"{_STOP_AT} ."]
 
 
 def parse_instruction_items(text: str) -> list[str]:
