@@ -43,6 +43,8 @@ def pick_instance_examples(seeds: Sequence[SeedTask], classification: bool, coun
 
 
 def build_input_first_prompt(examples: Sequence[SeedTask], instruction: str, templates: Templates) -> str:
+    if templates.instances_input_first_prefix is not None:
+        return f"{templates.instances_input_first_prefix} {instruction.strip()}\n"
     blocks = [templates.instances_input_first_header, ""]
     for task in examples:
         lines = [f"Task: {_task_text(task)}"]
@@ -59,6 +61,8 @@ def build_input_first_prompt(examples: Sequence[SeedTask], instruction: str, tem
 
 
 def build_output_first_prompt(examples: Sequence[SeedTask], instruction: str, templates: Templates) -> str:
+    if templates.instances_output_first_prefix is not None:
+        return f"{templates.instances_output_first_prefix} {instruction.strip()}\n"
     blocks = [templates.instances_output_first_header, ""]
     for task in examples:
         lines = [f"Task: {_task_text(task)}"]
