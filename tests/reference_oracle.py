@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
 
 
 def _tree(name: str) -> ast.Module:
-    return ast.parse((REFERENCE / name).read_text(encoding="utf-8"))
+    with warnings.catch_warnings():  # the reference has a "\s" in a plain string
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse((REFERENCE / name).read_text(encoding="utf-8"))
 
 
 def _constant(name: str, variable: str) -> str:
@@ -66,3 +70,20 @@ def instance_prompt(instruction: str, classification: bool) -> str:
             assert isinstance(value, str)
             return value
     raise AssertionError(f"no prompt built from {wanted}")
+
+
+def finetuning_records(training_instances: list[tuple[str, str, str]], rng: Any) -> list[dict[str, str]]:
+    """prepare_for_finetuning.py's steps from ``gpt3_instances = []`` to the shuffle, run on
+    ``training_instances`` with ``rng`` as its ``random`` module."""
+    tree = _tree("prepare_for_finetuning.py")
+    encode = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "encode_instance")
+    main = next(n for n in tree.body if isinstance(n, ast.If))
+    start = next(i for i, s in enumerate(main.body)
+                 if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)
+                 and s.targets[0].id == "gpt3_instances")
+    end = next(i for i, s in enumerate(main.body)
+               if isinstance(s, ast.Expr) and "shuffle" in ast.unparse(s))
+    namespace: dict[str, Any] = {"random": rng, "re": re, "training_instances": training_instances}
+    module = ast.Module(body=[encode, *main.body[start : end + 1]], type_ignores=[])
+    exec(compile(module, "prepare_for_finetuning.py", "exec"), namespace)
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in namespace["gpt3_instances"]]

@@ -14,6 +14,7 @@ import argparse
 import ast
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from service.errors import InputError
@@ -48,8 +49,11 @@ def _read_text(path: Path) -> str:
 
 
 def _parse(path: Path) -> ast.Module:
+    text = _read_text(path)
     try:
-        return ast.parse(_read_text(path), filename=str(path))
+        with warnings.catch_warnings():  # e.g. "invalid escape sequence" in the user's file
+            warnings.simplefilter("ignore")
+            return ast.parse(text, filename=str(path))
     except SyntaxError as exc:
         raise InputError(str(path), exc.lineno, None, f"not valid Python ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):
