@@ -37,6 +37,9 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+METHODS = ("self-instruct", "alpaca")
+TASK_KINDS = ("all", "generation", "classification")
+_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,18 @@ class Config:
     # "reference": the reference code's decisions on model text exactly (quirks included);
     # "default": the project's (README "Fidelity to the method" lists the differences)
     compat: Literal["default", "reference"] = "default"
+    # "alpaca": one call writes instruction, input and output (Stanford Alpaca's variant)
+    method: Literal["self-instruct", "alpaca"] = "self-instruct"
+    # which admitted tasks get instances (the reference's --generation_tasks_only /
+    # --classification_tasks_only); the others are recorded as rejected
+    task_kinds: Literal["all", "generation", "classification"] = "all"
+    # the reference's --use_clf_seed_tasks_only: prompt (and dedup against) the
+    # classification seeds only, with the classification list header
+    classification_seeds_only: bool = False
+    # prompt templates overlaid on the project's (`selfinstruct templates import`)
+    templates: Path | None = None
+    # store each call's raw completion text and request index in raw_<stage>.jsonl
+    keep_raw: bool = False
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0
@@ -268,10 +283,12 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index", "compat"}:
+    if "Literal" in type_text or name in _LITERALS:
         literal_args = {
             "api": get_args(ApiKind),
             "compat": COMPAT_MODES,
+            "method": METHODS,
+            "task_kinds": TASK_KINDS,
             "tokenizer": ("rouge", "unicode"),
             "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
         }.get(name, ())
@@ -451,6 +468,11 @@ def load_config(
 
     # Layer 3: flags.
     for key, raw in flags.items():
+        if key.startswith("filters.") and key[len("filters."):] in _FILTER_TYPES:
+            fkey = key[len("filters."):]
+            filters[fkey] = _coerce(key, _FILTER_TYPES[fkey], raw, "from flags")
+            sources[key] = "from flags"
+            continue
         if key not in _FIELD_TYPES or key in _NESTED:
             raise ConfigError(f"config key '{key}' (from flags): unknown key")
         if key == "api_key":

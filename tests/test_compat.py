@@ -157,3 +157,25 @@ def test_random_cap_is_seeded_and_reference_samples_from_sorted_pairs() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="compat"):
         rules_for("paper")
+
+
+def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
+    from service.cli import build_parser
+    from service.commands._options import config_from_args
+
+    args = build_parser().parse_args([
+        "generate", "--compat", "reference", "--max-instances", "7", "--generation-tasks-only",
+        "--classification-seeds-only", "--keep-raw", "--templates", "/tmp/t.toml", "--alpaca-blacklist",
+        "--method", "alpaca",
+    ])
+    config, sources = config_from_args(args)
+    assert (config.compat, config.filters.max_instances, config.task_kinds) == ("reference", 7, "generation")
+    assert config.classification_seeds_only and config.keep_raw and config.filters.alpaca_blacklist
+    assert str(config.templates) == "/tmp/t.toml" and config.method == "alpaca"
+    assert sources["filters.max_instances"] == "from flags"
+    with pytest.raises(ConfigError, match=r"filters\.max_instances.*1 to 1000"):
+        config_from_args(build_parser().parse_args(["generate", "--max-instances", "0"]))
+    with pytest.raises(SystemExit):  # one kind of task only
+        build_parser().parse_args(["generate", "--generation-tasks-only", "--classification-tasks-only"])
+    with pytest.raises(ConfigError, match="task_kinds"):
+        load_config({}, env={"SELFINSTRUCT_TASK_KINDS": "some"})
