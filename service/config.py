@@ -58,6 +58,9 @@ class StageConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_tokens: int = 300
+    # instances stage: max_tokens of a classification task's call (its prompt is longer);
+    # None: max_tokens. Never above max_tokens.
+    classification_max_tokens: int | None = None
 
 
 def default_stages() -> dict[str, StageConfig]:
@@ -67,7 +70,9 @@ def default_stages() -> dict[str, StageConfig]:
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
         ),
         "classify": StageConfig(temperature=0.0, top_p=1.0, max_tokens=3),
-        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=300),
+        # 350 tokens for a generation task, 300 for a classification task, as the reference
+        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=350,
+                                 classification_max_tokens=300),
     }
 
 
@@ -218,6 +223,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
     "max_tokens": (1, 1_000_000),
+    "classification_max_tokens": (1, 1_000_000),
     # filters
     "min_words": (0, 100_000),
     "max_words": (1, 100_000),

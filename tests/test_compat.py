@@ -22,7 +22,12 @@ def test_stop_sequences_and_max_tokens_are_the_references() -> None:
     assert compat.instance_max_tokens(True) == 300 and compat.instance_max_tokens(False) == 350
     ref = rules_for("reference", max_instances=7)
     assert ref.instance_stop() == ["Example 8", "Task:"] and ref.max_instances == 7
-    assert ref.instance_max_tokens(999, False) == 350
+    stage = Config().stage("instances")
+    assert ref.instance_max_tokens(stage, False) == 350 and ref.instance_max_tokens(stage, True) == 300
+    assert ref.classify_stop() == ["\n", "Task"]
+    # the default mode asks for the same by default (the stage's settings, which a user may change)
+    assert rules_for("default").instance_max_tokens(stage, False) == 350
+    assert rules_for("default").instance_max_tokens(stage, True) == 300
     default = rules_for("default")
     assert "Example 6" in default.instance_stop()
     # at most 4 stop sequences: the OpenAI API's limit

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.config import FilterConfig
+from service.config import FilterConfig, StageConfig
 from service.generate import compat, filters
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
@@ -62,9 +62,11 @@ class TextRules(Protocol):
 
     def is_classification(self, text: str, finish_reason: str | None) -> bool: ...
 
+    def classify_stop(self) -> list[str]: ...
+
     def instance_stop(self) -> list[str]: ...
 
-    def instance_max_tokens(self, configured: int, is_classification: bool) -> int: ...
+    def instance_max_tokens(self, stage: StageConfig, is_classification: bool) -> int: ...
 
     def instances(self, text: str, is_classification: bool, finish_reason: str | None) -> InstanceOutcome: ...
 
@@ -99,11 +101,15 @@ class ReferenceRules:
     def is_classification(self, text: str, finish_reason: str | None) -> bool:
         return compat.reference_is_classification(text)
 
+    def classify_stop(self) -> list[str]:
+        return list(compat.CLASSIFY_STOP)
+
     def instance_stop(self) -> list[str]:
         return compat.instance_stop_sequences(self.max_instances)
 
-    def instance_max_tokens(self, configured: int, is_classification: bool) -> int:
-        return compat.instance_max_tokens(is_classification)
+    def instance_max_tokens(self, stage: StageConfig, is_classification: bool) -> int:
+        # the reference's 300/350, within the stage's own cap (a small local model's slot)
+        return min(stage.max_tokens, compat.instance_max_tokens(is_classification))
 
     def instances(self, text: str, is_classification: bool, finish_reason: str | None) -> InstanceOutcome:
         detail = compat.reference_instance_detail(text, is_classification, finish_reason)
@@ -153,11 +159,16 @@ class DefaultRules:
         # Anything but a Yes (an unparsed or cut answer too) reads as No, as in the reference.
         return classify_stage.parse_classify_answer(text) is True
 
+    def classify_stop(self) -> list[str]:
+        return ["\n"]
+
     def instance_stop(self) -> list[str]:
         return instance_stage.stop_sequences(self.max_instances)
 
-    def instance_max_tokens(self, configured: int, is_classification: bool) -> int:
-        return configured
+    def instance_max_tokens(self, stage: StageConfig, is_classification: bool) -> int:
+        if is_classification and stage.classification_max_tokens is not None:
+            return min(stage.max_tokens, stage.classification_max_tokens)
+        return stage.max_tokens
 
     def instances(self, text: str, is_classification: bool, finish_reason: str | None) -> InstanceOutcome:
         parsed, last = instance_stage.parse_instances(text, is_classification, finish_reason == "length")
