@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +186,25 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
         build_parser().parse_args(["generate", "--generation-tasks-only", "--classification-tasks-only"])
     with pytest.raises(ConfigError, match="task_kinds"):
         load_config({}, env={"SELFINSTRUCT_TASK_KINDS": "some"})
+
+
+def test_verify_accepts_no_input_tasks_with_several_outputs_and_clf_seed_runs(tmp_path: Path) -> None:
+    from service.rundir.verify import verify_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    task = {"id": "task_000001", "instruction": "Write a haiku about the sea at dawn.", "is_classification": False,
+            "instances": [{"input": "", "output": "Waves fold into light."},
+                          {"input": "", "output": "Grey sea, first gull."}]}
+    (run / "tasks.jsonl").write_text(json.dumps(task) + "\n", encoding="utf-8")
+    admitted = {"id": "task_000001", "instruction": task["instruction"]}
+    (run / "instructions.jsonl").write_text(json.dumps(admitted) + "\n", encoding="utf-8")
+    seed = {"id": "s1", "name": "s1", "instruction": "Write a haiku about the sea at dawn!",
+            "instances": [{"input": "", "output": "x"}], "is_classification": False}
+    (run / "seeds.jsonl").write_text(json.dumps(seed) + "\n", encoding="utf-8")
+    report = verify_run(run)
+    assert "conflicting_outputs" not in report.failed_checks()
+    assert "near_duplicates" in report.failed_checks()  # equal to a seed the run compared with
+    (run / "run.json").write_text(json.dumps({"config": {"classification_seeds_only": True}}), encoding="utf-8")
+    report = verify_run(run)
+    assert "near_duplicates" not in report.failed_checks()  # that seed was not in the run's pool
