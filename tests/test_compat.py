@@ -170,7 +170,7 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
     from service.cli import build_parser
     from service.commands._options import config_from_args
 
-    args = build_parser().parse_args([
+    args = build_parser("generate").parse_args([
         "generate", "--compat", "reference", "--max-instances", "7", "--generation-tasks-only",
         "--classification-seeds-only", "--keep-raw", "--templates", "/tmp/t.toml", "--alpaca-blacklist",
         "--method", "alpaca",
@@ -181,9 +181,9 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
     assert str(config.templates) == "/tmp/t.toml" and config.method == "alpaca"
     assert sources["filters.max_instances"] == "from flags"
     with pytest.raises(ConfigError, match=r"filters\.max_instances.*1 to 1000"):
-        config_from_args(build_parser().parse_args(["generate", "--max-instances", "0"]))
+        config_from_args(build_parser("generate").parse_args(["generate", "--max-instances", "0"]))
     with pytest.raises(SystemExit):  # one kind of task only
-        build_parser().parse_args(["generate", "--generation-tasks-only", "--classification-tasks-only"])
+        build_parser("generate").parse_args(["generate", "--generation-tasks-only", "--classification-tasks-only"])
     with pytest.raises(ConfigError, match="task_kinds"):
         load_config({}, env={"SELFINSTRUCT_TASK_KINDS": "some"})
 
