@@ -37,11 +37,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Config
 from service.generate.backend import Backend, Choice, Sampling, StagePrompt
-from service.generate.filters import clean_instruction, filter_instances
+from service.generate.filters import clean_instruction
 from service.generate.llm_backend import open_backend
 from service.generate.orchestrator import run_generate
+from service.generate.processing import rules_for
 from service.generate.stages import classify as classify_stage
-from service.generate.stages import instances as instance_stage
 from service.generate.stages import instructions as instruction_stage
 from service.llm.limiter import RateLimiter
 from service.rundir.seeds import default_seed_path, load_seed_tasks
@@ -189,14 +189,17 @@ async def test_fault_soak_reaches_target_counts_every_fault_and_writes_nothing_f
                                                         for ch in c.choices)]
     assert injected["truncate"] - cancelled <= len(cut_calls)
     # Every cut answer the pipeline received is counted as a truncated response (cut
-    # classify answers that still begin with Yes/No are read, not counted).
-    cut_answers = 0
+    # classify answers that still begin with Yes/No are read, not counted). A cut list is
+    # dropped whole (a truncated_response rejection); a cut instance answer loses only its
+    # last instance and a cut Yes/No reads as No, as in the reference.
+    cut_answers = cut_lists = 0
     for c in calls:
         for ch in c.choices or []:
             if ch.finish_reason != "length":
                 continue
             if c.stage != "classify" or classify_stage.parse_classify_answer(ch.text) is None:
                 cut_answers += 1
+            cut_lists += c.stage == "instructions"
     assert counters["truncated_responses"] == cut_answers > 0
 
     # --- retries are bounded: exactly one retry per failed attempt, no call gave up
@@ -223,7 +226,7 @@ async def test_fault_soak_reaches_target_counts_every_fault_and_writes_nothing_f
     for reason, count in counters["rejected_by_reason"].items():
         assert _metric(families, "selfinstruct_rejections", "selfinstruct_rejections_total",
                        reason=reason) == count, reason
-    assert counters["rejected_by_reason"].get("truncated_response", 0) == cut_answers
+    assert counters["rejected_by_reason"].get("truncated_response", 0) == cut_lists
 
     # --- nothing written comes from a failed or truncated answer
     good_items: set[str] = set()
@@ -247,19 +250,19 @@ async def test_fault_soak_reaches_target_counts_every_fault_and_writes_nothing_f
         instruction = _last_task_line(c.prompts[0])
         if c.stage == "classify":
             answer = classify_stage.parse_classify_answer(choice.text)
-            if choice.finish_reason != "length" or answer is not None:
-                classify_ok.setdefault(instruction, set()).add(bool(answer))
-        elif choice.finish_reason != "length":
-            instance_answers.setdefault(instruction, []).append(choice.text)
-    filters = Config().filters
+            classify_ok.setdefault(instruction, set()).add(answer is True)  # else No
+        else:
+            instance_answers.setdefault(instruction, []).append((choice.text, choice.finish_reason))
+    rules = rules_for("default", Config().filters)
     for task in tasks:
         instruction = task["instruction"]
         assert task["is_classification"] in classify_ok.get(instruction, set()), instruction
-        parse = (instance_stage.parse_output_first if task["is_classification"]
-                 else instance_stage.parse_input_first)
         written = [(i["input"], i["output"]) for i in task["instances"]]
-        candidates = [[(i.input, i.output) for i in filter_instances(parse(text), filters).kept]
-                      for text in instance_answers.get(instruction, [])]
+        candidates = []
+        for text, finish in instance_answers.get(instruction, []):
+            outcome = rules.instances(text, task["is_classification"], finish)
+            kept, _ = rules.cap(outcome.kept, random.Random(f"3:{task['id']}"))  # the job's seed
+            candidates.append([(i.input, i.output) for i in kept])
         assert written in candidates, instruction
     dropped_cut = [r for r in lines(run_dir / REJECTED)
                    if r.get("task_level") and r["reason"] == "truncated_response"]

@@ -22,6 +22,7 @@ def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequen
         tokenizer=config.tokenizer,
         index=config.dedup_index,
         top_k=10,
+        mean_similarity=True,  # avg_similarity_score in the records, as the reference writes
     )
     pool.preload(list(seed_texts))
     # Already-admitted instructions passed the filter when they were admitted; re-adding
@@ -37,6 +38,7 @@ def _to_admission(decision: Any) -> DedupDecision:
         score=float(decision.score),
         match=decision.match,
         most_similar=most_similar,
+        avg_similarity=None if decision.mean_similarity is None else round(float(decision.mean_similarity), 6),
     )
 
 

@@ -536,7 +536,11 @@ def bad_instances(task: str, rng: random.Random, classification: bool = False) -
         return _format_instances([(input_text(rng), " ".join(parts))], classification)
     if kind == "too_many":
         inputs = _distinct_inputs(rng, 6)
-        return _format_instances([(inp, output(k)) for k, inp in enumerate(inputs)], classification)
+        pairs = [(inp, output(k)) for k, inp in enumerate(inputs)]
+        if classification:
+            return _format_instances(pairs, classification)
+        # without "Example N" headers: the "Example 6" stop sequence cannot cut it short
+        return "\n\n".join(f"Input: {inp}\nOutput: {out}" for inp, out in pairs)
     first, second = _distinct_inputs(rng, 2)
     good = [(first, output(0)), (second, output(1))]
     if kind == "same_as_input":

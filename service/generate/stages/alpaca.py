@@ -28,6 +28,10 @@ from service.rundir.seeds import SeedTask
 EXAMPLES_PER_PROMPT = 3  # Alpaca shows 3 seed tasks
 LIST_LENGTH = 20  # "a list of 20 tasks": generation stops where item 20 would begin
 NO_INPUT = "<noinput>"
+# Alpaca's sampling for its one call (it asks for many whole tasks, so a long answer)
+MAX_TOKENS = 3072
+TEMPERATURE = 1.0
+TOP_P = 1.0
 MALFORMED = "malformed_item"
 TRUNCATED_ITEM = "truncated_item"
 
