@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.commands.serve", "long-lived worker: HTTP job API, /healthz, /metrics"),
     "config": ("service.commands.config", "print the effective configuration (secrets redacted)"),
     "seeds": ("service.commands.seeds", "validate and summarise a seed-task file"),
+    "templates": ("service.commands.templates", "import the paper's prompts from a checkout (templates file)"),
+    "parse": ("service.commands.parse", "re-parse raw completions under a compat mode"),
 }
 
 

@@ -49,7 +49,7 @@ from service.generate.seams import (
 from service.generate.stage_calls import Candidate, StageCalls
 from service.generate.templates import Templates, load_templates
 from service.rundir.seeds import SeedTask
-from service.rundir.store import INSTRUCTIONS, REJECTED, TASKS, RunDir
+from service.rundir.store import INSTRUCTIONS, RAW_FILES, REJECTED, TASKS, RunDir
 
 
 class Pipeline:
@@ -83,7 +83,8 @@ class Pipeline:
         self.control = RunControl(self.observers)
         self._admit = admit
         self._calls = StageCalls(config, backend, templates or load_templates(), self.seeds,
-                                 self.state, self._reject, self.observers.call_finished)
+                                 self.state, self._reject, self.observers.call_finished,
+                                 lambda stage, rec: self.run_dir.append(RAW_FILES[stage], rec))
         self._next_task_number = 1
         self._pending_resume: list[PendingTask] = []
         # Set once the resumed backlog is queued: new admissions queue behind it, so a
@@ -115,6 +116,7 @@ class Pipeline:
         self.machine_instructions.extend(back.admitted_texts)
         self._next_task_number = max(self._next_task_number, back.next_task_number)
         self._pending_resume = back.pending
+        self._calls.remember(back.sources)
         return back.admitted_texts
 
     def request_drain(self) -> None:
@@ -214,9 +216,10 @@ class Pipeline:
                     )
                     continue
                 task = PendingTask(decision.task_id or self._new_task_id(), text,
-                                   decision.most_similar)
+                                   decision.most_similar, avg_similarity=decision.avg_similarity)
                 self.run_dir.append(INSTRUCTIONS, records.instruction_record(
-                    task.id, text, decision.most_similar, decision.score, source))
+                    task.id, text, decision.most_similar, decision.score, source,
+                    decision.avg_similarity))
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
                 if self.coordinator is not None:
@@ -280,7 +283,8 @@ class Pipeline:
             return False  # target reached meanwhile: leave it pending, do not overshoot
         models = {s: self.backend.stage_model(s) for s in ("instructions", "classify", "instances")}
         record = records.task_record(task.id, task.instruction, answer.is_classification,
-                                     answer.instances, task.most_similar, models)
+                                     answer.instances, task.most_similar, models,
+                                     task.avg_similarity, answer.raw_instances)
         # Committed once, globally, before the local copy: a duplicate (a task reclaimed
         # from a worker that was only slow) or a full target writes nothing.
         if self.coordinator is not None and not await self.coordinator.commit_task(
