@@ -143,9 +143,9 @@ _SCRIPT = r"""
     $("item-id").textContent = item.rid;
     $("position").textContent = (state.pos + 1) + " / " + data.items.length;
     $("instruction").textContent = item.instruction;
-    $("input").textContent = item.input;
+    $("input").textContent = item.input.trim();
     $("input-box").style.display = item.input ? "" : "none";
-    $("response").textContent = item.response || "(empty response)";
+    $("response").textContent = item.response.trim() || "(empty response)";
     var current = state.ratings[item.rid] || "";
     document.querySelectorAll(".scale button").forEach(function (b) {
       b.classList.toggle("chosen", b.dataset.level === current);

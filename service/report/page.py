@@ -63,6 +63,10 @@ def _num(value: Any) -> str:
     return _e(value)
 
 
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{share:.1%}"
+
+
 def _img(png: bytes | None, alt: str) -> str:
     if png is None:
         return ""
@@ -91,8 +95,9 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
         f"<title>selfinstruct report: {_e(Path(run['path']).name)}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>Self-Instruct run report: <code>{_e(run['path'])}</code></h1>",
-        f"<p class='note'>status {_e(run['status'])} · selfinstruct {_e(run['version'])} · "
+        f"<h1>Self-Instruct run report: <code>{_e(Path(run['path']).name)}</code></h1>",
+        f"<p class='note'>{_e(run['path'])} · status {_e(run['status'])} · "
+        f"selfinstruct {_e(run['version'])} · "
         f"threshold {_e(run['threshold'])} ({_e(run['tokenizer'])} tokens) · "
         f"models {_e(', '.join(run['models']) or '–')}</p>",
         "<div class='cards'>",
@@ -100,8 +105,8 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
     for label, value in (("finished tasks", counts["tasks"]), ("instances", counts["instances"]),
                          ("admitted instructions", counts["instructions_admitted"]),
                          ("rejections", counts["rejected"]), ("seed tasks", counts["seeds"]),
-                         ("classification share", tasks["classification_share"]),
-                         ("empty-input share", tasks["empty_input_share"]),
+                         ("classification share", _pct(tasks["classification_share"])),
+                         ("empty-input share", _pct(tasks["empty_input_share"])),
                          ("cost (USD)", usage["cost_usd"])):
         parts.append(f"<div class='card'>{_e(label)}<b>{_num(value)}</b></div>")
     parts.append("</div>")

@@ -31,7 +31,7 @@ def _png(fig: Figure) -> bytes:
 def funnel(summary: Mapping[str, Any]) -> bytes:
     steps = summary["funnel"]
     reasons: Mapping[str, int] = summary["rejections"]["by_reason"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(3.0, 0.3 * len(reasons) + 1.5)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(2.8, 0.22 * len(reasons) + 1.2)))
     names = [s["step"] for s in steps][::-1]
     counts = [s["count"] for s in steps][::-1]
     left.barh(names, counts, color="#4c72b0")
