@@ -148,6 +148,12 @@ def test_index_matches_at_the_earliest_position() -> None:
     [first, none] = index.find(["x seven eight nine one two three", "one two four three"])
     assert first is not None and first.item_id == "b" and first.ngram == "seven eight nine"
     assert none is None
+    # no gram spans two texts of a batch; empty texts keep their places
+    assert index.find(["x one two", "", "three four y", "", "one two three"]) == [
+        None, None, None, None,
+        index.find(["one two three"])[0],
+    ]
+    assert index.find(["", "eight nine"]) == [None, None]
 
 
 def test_bad_evaluation_file_names_file_line_and_field(

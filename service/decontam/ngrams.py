@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,11 @@ DEFAULT_MIN_TOKENS = 8
 _TOKEN = re.compile(r"[^\W_]+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 _MASK = (1 << 64) - 1
+# Joins a batch's texts: a token no text normalises to by accident; id 0 is "unknown".
+_SEPARATOR = "zq0textbreak0qz"
+_SEPARATOR_ID = 1
+_BITMAP_SIZE = 1 << 20
+_BITMAP_MASK = np.uint64(_BITMAP_SIZE - 1)
 
 
 def normalise_tokens(text: str) -> list[str]:
@@ -69,14 +75,20 @@ class NgramIndex:
             raise ValueError(f"need 1 <= min_tokens <= n, got {min_tokens}, {n}")
         self.n = n
         self.min_tokens = min_tokens
-        self._vocab: dict[str, int] = {}
-        self._words: list[str] = [""]
+        self._vocab: dict[str, int] = {_SEPARATOR: _SEPARATOR_ID}
+        self._words: list[str] = ["", _SEPARATOR]
         # length -> hash -> [(gram ids, item id, field)]
         self._grams: dict[int, dict[int, list[tuple[tuple[int, ...], str, str]]]] = {}
         self._sorted: dict[int, npt.NDArray[np.uint64]] = {}
+        self._bitmaps: dict[int, npt.NDArray[np.bool_]] = {}
         self.texts = 0
         self.too_short = 0
         self.items: set[str] = set()
+
+    @property
+    def lengths(self) -> list[int]:
+        """The gram lengths indexed (n, and shorter whole texts)."""
+        return sorted(self._grams)
 
     def __len__(self) -> int:
         return sum(len(by_hash) for by_hash in self._grams.values())
@@ -103,48 +115,47 @@ class NgramIndex:
             if all(existing != gram for existing, _, _ in entries):
                 entries.append((gram, item_id, field))
         self._sorted.clear()
-
-    def _ids(self, text: str) -> list[int]:
-        vocab = self._vocab
-        return [vocab.get(token, 0) for token in normalise_tokens(text)]
+        self._bitmaps.clear()
 
     def find(self, texts: Sequence[str]) -> list[Match | None]:
         """For each text, the match at its earliest position (None if clean)."""
         if not texts or not self._grams:
             return [None] * len(texts)
         if not self._sorted:
-            self._sorted = {
-                length: np.sort(np.fromiter(by_hash, dtype=np.uint64, count=len(by_hash)))
-                for length, by_hash in self._grams.items()
-            }
-        pieces: list[list[int]] = []
-        starts = np.empty(len(texts), dtype=np.int64)
-        offset = 0
-        for i, text in enumerate(texts):
-            ids = self._ids(text)
-            ids.append(0)  # separator: no window spans two texts
-            starts[i] = offset
-            offset += len(ids)
-            pieces.append(ids)
-        flat = np.fromiter((t for ids in pieces for t in ids), dtype=np.uint64, count=offset)
-        bad = np.concatenate(([0], np.cumsum(flat == 0)))
+            for length, by_hash in self._grams.items():
+                known = np.fromiter(by_hash, dtype=np.uint64, count=len(by_hash))
+                self._sorted[length] = np.sort(known)
+                bitmap = np.zeros(_BITMAP_SIZE, dtype=bool)
+                bitmap[known & _BITMAP_MASK] = True
+                self._bitmaps[length] = bitmap
+        # One regex pass and one C-level lookup pass for the whole batch: the texts are
+        # joined with a separator token (id 1), unknown tokens get id 0.
+        joined = f" {_SEPARATOR} ".join(texts) + f" {_SEPARATOR}"
+        tokens = normalise_tokens(joined)
+        flat = np.fromiter(map(self._vocab.get, tokens, repeat(0)), dtype=np.uint64,
+                           count=len(tokens))
+        separators = np.flatnonzero(flat == _SEPARATOR_ID)
+        bad = np.concatenate(([0], np.cumsum(flat <= _SEPARATOR_ID)))
         best: dict[int, tuple[int, Match]] = {}
         for length, table in self._sorted.items():
             if flat.size < length:
                 continue
             hashes = _window_hashes(flat, length)
             valid = (bad[length:] - bad[:-length]) == 0
-            where = np.searchsorted(table, hashes)
+            # A bitmap of the hashes' low bits first (one gather per window); the binary
+            # search only for the few windows that pass it.
+            maybe = np.flatnonzero(valid & self._bitmaps[length][hashes & _BITMAP_MASK])
+            where = np.searchsorted(table, hashes[maybe])
             where[where >= table.size] = 0
-            hits = np.flatnonzero(valid & (table[where] == hashes))
-            for pos in hits.tolist():
-                text_index = int(np.searchsorted(starts, pos, side="right")) - 1
-                if text_index in best and best[text_index][0] <= pos:
+            hits = maybe[table[where] == hashes[maybe]]
+            owners = np.searchsorted(separators, hits, side="right")
+            for pos, owner in zip(hits.tolist(), owners.tolist(), strict=True):
+                if owner in best and best[owner][0] <= pos:
                     continue
                 gram = tuple(int(t) for t in flat[pos: pos + length])
                 for stored, item_id, field in self._grams[length][int(hashes[pos])]:
                     if stored == gram:
                         words = " ".join(self._words[t] for t in gram)
-                        best[text_index] = (pos, Match(item_id, field, words))
+                        best[owner] = (pos, Match(item_id, field, words))
                         break
         return [best[i][1] if i in best else None for i in range(len(texts))]

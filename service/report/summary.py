@@ -41,6 +41,9 @@ LENGTH_CAP = 2_000  # words; longer texts count in the last bucket
 OVERLAP_BINS = 20
 DEFAULT_OVERLAP_SAMPLE = 5_000
 DEFAULT_TOP = 20
+# Pools for the overlap analysis only need the exact top-1 score: a threshold of 1.0 keeps
+# the admission index's prefixes one token long (the top-1 comes from the full index).
+_TOP_ONLY = 1.0
 EXAMPLE_CHARS = 300
 MAX_TIMELINE_POINTS = 100_000
 # rejected.jsonl stages that lose an admitted task or an instance, not a candidate
@@ -134,12 +137,12 @@ def overlap(root: Path, config: Mapping[str, Any], sample: int) -> dict[str, Any
         result["earlier"] = _histogram([])
         return result
     stride = max(1, math.ceil(total / sample))
-    tokenizer, threshold = _tokenizer(config), _threshold(config)
-    seeds = Pool(threshold, tokenizer=tokenizer, top_k=1)
+    tokenizer = _tokenizer(config)
+    seeds = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
     for _, seed in read_jsonl(root / SEEDS):
         if isinstance(seed.get("instruction"), str):
             seeds.add(seed["instruction"])
-    earlier = Pool(threshold, tokenizer=tokenizer, top_k=1)
+    earlier = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
     to_seed: list[float] = []
     to_earlier: list[float] = []
     for position, (_, rec) in enumerate(read_jsonl(root / INSTRUCTIONS)):
