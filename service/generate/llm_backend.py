@@ -83,6 +83,9 @@ class LLMBackend:
         results = await asyncio.gather(*(client.complete(p.text, **options) for p in prompts))
         return [_first(result.choices) for result in results]
 
+    def limiters(self) -> list[RateLimiter]:
+        return [client.limiter for client in self._clients.values()]
+
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = dict(self.accounting.snapshot())
         snap["total_tokens"] = self.accounting.total_tokens
