@@ -76,7 +76,7 @@ def baseline(tasks: list[dict[str, Any]], lengths: list[int]) -> tuple[int, floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--tasks", type=int, default=100_000)
     args = parser.parse_args()
     tasks = make_tasks(args.tasks)

@@ -85,7 +85,7 @@ def measure(run: Path, mode: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 5_000, 20_000, 50_000])
     parser.add_argument("--child", nargs=2, metavar=("RUN", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

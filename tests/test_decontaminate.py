@@ -182,3 +182,55 @@ def test_the_papers_file_is_the_bundled_default() -> None:
     assert DEFAULT_EVAL_SET.read_bytes() == (SHARED_DATA / "user_oriented_instructions.jsonl").read_bytes()
     assert len(EVAL) == 252
     shutil.disk_usage(DEFAULT_EVAL_SET)  # exists on disk, shipped as package data
+
+
+async def test_generate_decontaminate_rejects_while_generating(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """Two runs of a deterministic simulator: texts of the first become an evaluation set;
+    the second, with the check in the pipeline (the TaskChecks seam), writes none of them
+    and rejects them with reason contamination and the item's id."""
+    from service.cli import build_parser
+    from service.decontam.check import decontaminate_while_generating, scan_run
+    from service.generate.pipeline import Pipeline
+    from service.report.summary import summarize
+
+    first = await make_sim(seed=11)
+    out1 = tmp_path / "first"
+    await run_generate(make_config(out1, first.base_url, target=30, max_in_flight=1, seed=3),
+                       install_signal_handlers=False)
+    tasks = rows(out1 / TASKS)
+    evalset = tmp_path / "eval.jsonl"
+    write_rows(evalset, [{"id": f"ev{i}", "instruction": t["instruction"],
+                          "instances": t["instances"]} for i, t in enumerate(tasks[:20:4])])
+    index, sources = build_index([evalset])
+    # the first run holds them, of course
+    assert len(scan_run(out1, index).task_ids) >= 5
+
+    second = await make_sim(seed=11)
+    out2 = tmp_path / "second"
+    checks: list[Any] = []
+
+    def install(pipeline: Pipeline) -> None:
+        check = decontaminate_while_generating(pipeline.run_dir, index, sources)
+        checks.append(check)
+        pipeline.checks.add(check)
+
+    await run_generate(make_config(out2, second.base_url, target=30, max_in_flight=1, seed=3),
+                       install_signal_handlers=False, on_pipeline=install)
+    assert len(rows(out2 / TASKS)) == 30
+    assert scan_run(out2, index).findings == []  # nothing contaminated was written
+    rejected = [r for r in rows(out2 / REJECTED) if r["reason"] == "contamination"]
+    assert len(rejected) == checks[0].rejected >= 5
+    assert all(r["stage"] == "decontaminate" and r["task_level"] and r["match_id"].startswith("ev")
+               and r["id"].startswith("task_") and len(r["ngram"].split()) <= 13 for r in rejected)
+    report = verify_run(out2)
+    assert report.ok, report.summary()
+    record = orjson.loads((out2 / "decontamination.json").read_bytes())
+    assert record["mode"] == "generate" and record["against"][0]["items"] == 5
+    summary = summarize(out2)
+    assert summary["decontamination"]["rejected_contamination"] == len(rejected)
+    assert summary["rejections"]["by_reason"]["contamination"] == len(rejected)
+    # the flag parses: no FILE means the bundled default set
+    args = build_parser("generate").parse_args(["generate", "--decontaminate"])
+    assert args.decontaminate == []

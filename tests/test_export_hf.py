@@ -73,7 +73,7 @@ async def test_hf_folder_loads_with_datasets_and_card_says_how(
     assert hashlib.sha256(DEFAULT_TEMPLATES.read_bytes()).hexdigest() in text
     assert f"| finished tasks | {len(tasks):,} |" in text
     assert f"| instances (records) | {len(expected):,} |" in text
-    assert f"Checked {len(tasks):,} tasks for 13-gram overlap" in text
+    assert f"Last check: {len(tasks):,} tasks against user_oriented_instructions.jsonl" in text
     assert "user_oriented_instructions.jsonl" in text and "0 contaminated" in text
     for plot in ("funnel", "overlap", "lengths", "verbs"):
         assert f"](images/{plot}.png)" in text

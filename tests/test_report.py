@@ -4,6 +4,7 @@ self-contained file; bad input is a clear error."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from pathlib import Path
@@ -178,3 +179,51 @@ def test_command_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "report of 120 tasks" in capsys.readouterr().out
     assert main(["report", str(run_dir), "--overlap-sample", "-1"]) == 2
     assert "--overlap-sample" in capsys.readouterr().err
+
+
+def test_the_run_records_a_timeline_and_the_report_reads_it(run_dir: Path) -> None:
+    points = rows(run_dir / "timeline.jsonl")
+    assert len(points) >= 2  # one when the run starts, one when it stops
+    assert points[-1]["tasks_written"] == 120 and points[0]["elapsed_s"] <= points[-1]["elapsed_s"]
+    assert sum(points[-1]["calls_by_stage"].values()) > 0
+    summary = summarize(run_dir)
+    tp = summary["throughput"]
+    assert tp["sessions"] == 1
+    deltas = [(b["elapsed_s"], (b["tasks_written"] - a["tasks_written"]) * 60 / (b["elapsed_s"] - a["elapsed_s"]))
+              for a, b in itertools.pairwise(points) if b["elapsed_s"] > a["elapsed_s"]]
+    assert [(p["elapsed_s"], p["tasks_per_min"]) for p in tp["points"]] == [
+        (round(t, 3), round(r, 3)) for t, r in deltas]
+    assert tp["calls_by_stage"] == points[-1]["calls_by_stage"]
+
+
+def test_timeline_recorder_throttles_and_joins_sessions(tmp_path: Path) -> None:
+    from service.generate.seams import CallFinished
+    from service.generate.timeline import TimelineRecorder
+
+    now = [0.0]
+    written: list[dict[str, Any]] = []
+    counter = {"tasks_written": 0}
+    recorder = TimelineRecorder(written.append, lambda: dict(counter), interval_s=5.0,
+                                clock=lambda: now[0])
+    for t, stage in ((0.0, "instructions"), (1.0, "classify"), (2.0, "instances"),
+                     (6.0, "instances")):
+        now[0] = t
+        counter["tasks_written"] = int(t)
+        recorder.call_finished(CallFinished(stage, 1, ok=stage != "classify"))
+    now[0] = 7.5
+    recorder.stop_requested("finished")
+    assert [p["elapsed_s"] for p in written] == [0.0, 6.0, 7.5]
+    assert written[-1]["calls_by_stage"] == {"instructions": 1, "classify": 1, "instances": 2}
+    assert written[-1]["failed_by_stage"] == {"classify": 1}
+
+    # two sessions (a resumed run): the second one's clock starts again at zero
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    second = [{**p, "session": "b", "tasks_written": p["tasks_written"] + 7} for p in written]
+    first = [{**p, "session": "a"} for p in written]
+    (run / "timeline.jsonl").write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in first + second))
+    tp = summarize(run)["throughput"]
+    assert tp["sessions"] == 2
+    assert [p["elapsed_s"] for p in tp["points"]] == [6.0, 7.5, 13.5, 15.0]
+    assert tp["calls_by_stage"] == {"instances": 4, "instructions": 2, "classify": 2}

@@ -23,6 +23,7 @@ import orjson
 from service.decontam.evalsets import DEFAULT_ID_FIELD, read_eval_texts
 from service.decontam.ngrams import DEFAULT_MIN_TOKENS, DEFAULT_N, Match, NgramIndex
 from service.errors import RunDirError
+from service.generate.seams import TaskRejection
 from service.rundir.store import REJECTED, TASKS, RunDir, open_fd, read_jsonl
 
 CONTAMINATION = "contamination"
@@ -217,15 +218,9 @@ def record_result(
         "contaminated_tasks": len(result.task_ids),
         "findings": len(result.findings),
         "dropped": dropped,
+        "mode": "check",
     }
-    payload = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    tmp = run.path / f".{RESULT_FILE}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run.path / RESULT_FILE)
+    write_record(run, summary)
     return summary
 
 
@@ -238,3 +233,45 @@ def read_result(root: Path) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         raise RunDirError(f"{path}: not valid JSON ({exc})") from None
     return data if isinstance(data, dict) else None
+
+
+class Decontaminator:
+    """A pipeline task check (:class:`service.generate.seams.TaskChecks`): a finished task
+    sharing an n-gram with the evaluation sets is rejected with reason ``contamination``
+    and the matching item's id instead of being written."""
+
+    def __init__(self, index: NgramIndex) -> None:
+        self.index = index
+        self.rejected = 0
+
+    def __call__(self, record: dict[str, Any]) -> TaskRejection | None:
+        findings = check_tasks(self.index, [record])
+        if not findings:
+            return None
+        self.rejected += 1
+        first = findings[0]
+        return TaskRejection(STAGE, CONTAMINATION, {
+            "field": first.field, "match_id": first.match_id, "match_field": first.match_field,
+            "ngram": first.ngram})
+
+
+def write_record(run: RunDir, summary: dict[str, Any]) -> None:
+    """decontamination.json, replaced atomically (the lock holder writes it)."""
+    payload = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    tmp = run.path / f".{RESULT_FILE}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run.path / RESULT_FILE)
+
+
+def decontaminate_while_generating(run: RunDir, index: NgramIndex,
+                                   sources: Sequence[Source]) -> Decontaminator:
+    """The check ``generate --decontaminate`` adds to the pipeline, and its record (the
+    report and the card read the counts from rejected.jsonl)."""
+    write_record(run, {"mode": "generate", "n": index.n, "min_tokens": index.min_tokens,
+                       "against": [asdict(s) for s in sources],
+                       "eval_texts_unchecked": index.too_short})
+    return Decontaminator(index)

@@ -44,6 +44,7 @@ from service.generate.seams import (
     Observers,
     PendingTask,
     PipelineObserver,
+    TaskChecks,
     timed_admit,
 )
 from service.generate.stage_calls import Candidate, StageCalls
@@ -82,6 +83,7 @@ class Pipeline:
         self.machine_instructions: list[str] = []
         self.observers = Observers(observers)
         self.control = RunControl(self.observers)
+        self.checks = TaskChecks()  # a finished task must pass these to be written
         self._admit = admit
         self._calls = StageCalls(config, backend, templates or load_templates(), self.seeds,
                                  self.state, self._reject, self.observers.call_finished)
@@ -282,6 +284,11 @@ class Pipeline:
         models = {s: self.backend.stage_model(s) for s in ("instructions", "classify", "instances")}
         record = records.task_record(task.id, task.instruction, answer.is_classification,
                                      answer.instances, task.most_similar, models)
+        if (refused := self.checks.first_rejection(record)) is not None:
+            self._reject(refused.stage, refused.reason, task.instruction, task_level=True,
+                         id=task.id, **refused.detail)
+            await self._settle(task, "dropped")
+            return True
         # Committed once, globally, before the local copy: a duplicate (a task reclaimed
         # from a worker that was only slow) or a full target writes nothing.
         if self.coordinator is not None and not await self.coordinator.commit_task(

@@ -136,3 +136,34 @@ class Observers(PipelineObserver):
     def stop_requested(self, status: str) -> None:
         for observer in self.subscribers:
             observer.stop_requested(status)
+
+
+@dataclass(frozen=True)
+class TaskRejection:
+    """Why a check refuses a finished task: written to rejected.jsonl as a task-level
+    rejection (``detail`` adds fields, e.g. the matching evaluation item)."""
+
+    stage: str
+    reason: str
+    detail: dict[str, Any]
+
+
+TaskCheck = Callable[[dict[str, Any]], "TaskRejection | None"]
+
+
+class TaskChecks:
+    """Checks a finished task's record must pass before it is written (e.g.
+    decontamination); the first refusal wins. Each runs on the event loop: keep it fast."""
+
+    def __init__(self) -> None:
+        self.checks: list[TaskCheck] = []
+
+    def add(self, check: TaskCheck) -> None:
+        self.checks.append(check)
+
+    def first_rejection(self, record: dict[str, Any]) -> TaskRejection | None:
+        for check in self.checks:
+            rejection = check(record)
+            if rejection is not None:
+                return rejection
+        return None

@@ -24,7 +24,7 @@ from typing import Any
 
 from prompts import PROMPTS_DIR
 from service import __version__
-from service.report.page import render_plots
+from service.report.page import decontamination_sentence, render_plots
 from service.report.summary import ReportOptions, summarize
 from service.rundir.export import export_run
 from service.rundir.store import SEEDS, read_run_json
@@ -194,12 +194,7 @@ def render_card(summary: Mapping[str, Any], run_json: Mapping[str, Any], records
     last = decon["last_check"]
     lines += ["## Decontamination", ""]
     if last:
-        against = ", ".join(f"`{Path(a['path']).name}` ({a['items']} items, sha256 "
-                            f"`{a['sha256'][:16]}`)" for a in last.get("against", []))
-        lines.append(f"Checked {last.get('checked', 0):,} tasks for {last.get('n')}-gram "
-                     f"overlap (normalised tokens) with {against}: "
-                     f"{last.get('contaminated_tasks', 0):,} contaminated, "
-                     f"{last.get('dropped', 0):,} dropped.")
+        lines.append(decontamination_sentence(last, decon["rejected_contamination"]))
     else:
         lines.append("No decontamination check was recorded for this run "
                      "(`selfinstruct decontaminate RUN_DIR`).")

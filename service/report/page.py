@@ -63,6 +63,19 @@ def _num(value: Any) -> str:
     return _e(value)
 
 
+def decontamination_sentence(last: Mapping[str, Any], rejected: int) -> str:
+    """What decontamination.json says, in words (the page and the card share it)."""
+    against = ", ".join(f"{Path(str(a.get('path'))).name} ({a.get('items')} items, sha256 "
+                        f"{str(a.get('sha256'))[:12]})" for a in last.get("against", [])
+                        if isinstance(a, dict))
+    if last.get("mode") == "generate":
+        return (f"Every task was checked as it was made ({last.get('n')}-grams of normalised "
+                f"tokens) against {against}: {rejected:,} rejected for contamination.")
+    return (f"Last check: {last.get('checked', 0):,} tasks against {against} with "
+            f"{last.get('n')}-grams of normalised tokens: {last.get('contaminated_tasks', 0):,} "
+            f"contaminated, {last.get('dropped', 0):,} dropped.")
+
+
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share:.1%}"
 
@@ -173,6 +186,10 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
                         [[latency.get("count"), latency.get("p50"), latency.get("p90"),
                           latency.get("p99"), latency.get("max"), usage["retries_total"],
                           usage["rate_limited"]]], {0, 1, 2, 3, 4, 5, 6}))
+    if tp["calls_by_stage"]:
+        parts.append(_table(["stage", "calls", "failed calls"],
+                            [[stage, n, tp["failed_calls_by_stage"].get(stage, 0)]
+                             for stage, n in tp["calls_by_stage"].items()], {1, 2}))
     total_rej = max(1, counts["rejected"])
     parts.append(_table(["reason", "count", "share of rejections", "example"],
                         [[r, n, round(n / total_rej, 3), rej["examples"].get(r, "")]
@@ -181,11 +198,7 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
     parts.append("<h2>Decontamination</h2>")
     last = decon["last_check"]
     if last:
-        against = ", ".join(f"{Path(a['path']).name} ({a['items']} items, sha256 "
-                            f"{a['sha256'][:12]})" for a in last.get("against", []))
-        parts.append(f"<p>Last check: {last.get('checked', 0):,} tasks against {_e(against)} "
-                     f"with {last.get('n')}-grams: {last.get('contaminated_tasks', 0):,} "
-                     f"contaminated, {last.get('dropped', 0):,} dropped.</p>")
+        parts.append(f"<p>{_e(decontamination_sentence(last, decon['rejected_contamination']))}</p>")
     else:
         parts.append("<p class='note'>No decontamination check recorded "
                      "(`selfinstruct decontaminate RUN_DIR`).</p>")

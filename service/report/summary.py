@@ -22,6 +22,7 @@ import orjson
 
 from dedup.pool import Pool
 from service.errors import RunDirError
+from service.generate.timeline import TIMELINE
 from service.report.verbs import verb_object
 from service.rundir.locate import require_run_dir
 from service.rundir.store import (
@@ -34,7 +35,6 @@ from service.rundir.store import (
     read_run_json,
 )
 
-TIMELINE = "timeline.jsonl"
 DECONTAMINATION = "decontamination.json"
 SUMMARY_VERSION = 1
 LENGTH_CAP = 2_000  # words; longer texts count in the last bucket
@@ -168,42 +168,69 @@ def _timeline(root: Path) -> Iterator[dict[str, Any]]:
         yield point
 
 
+def _delta(point: Mapping[str, Any], previous: Mapping[str, Any], key: str) -> float:
+    a, b = point.get(key, 0), previous.get(key, 0)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a - b)
+    return 0.0
+
+
 def throughput(root: Path, run_json: Mapping[str, Any]) -> dict[str, Any]:
     """Rates per interval of timeline.jsonl (cumulative counters the run appends every
-    few seconds); without one, only the run's overall rate from run.json."""
+    few seconds; a resumed run starts a new session, joined end to end); without one,
+    only the run's overall rate from run.json."""
     points: list[dict[str, Any]] = []
     previous: dict[str, Any] | None = None
+    offset = 0.0  # elapsed time of the sessions before this one
+    sessions = 0
+    calls_by_stage: Counter[str] = Counter()
+    failed_by_stage: Counter[str] = Counter()
+    last_stage_counts: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
     for point in _timeline(root):
         t = point.get("elapsed_s")
         if not isinstance(t, int | float):
             continue
-        if previous is not None:
-            dt = t - previous["elapsed_s"]
-            if dt <= 0:
-                continue
-
-            def delta(key: str, point: dict[str, Any] = point,
-                      previous: dict[str, Any] = previous) -> float:
-                a, b = point.get(key, 0), previous.get(key, 0)
-                return float(a - b) if isinstance(a, int | float) and isinstance(b, int | float) else 0.0
-
-            points.append({
-                "elapsed_s": round(float(t), 3),
-                "tasks_per_min": round(delta("tasks_written") * 60 / dt, 3),
-                "requests_per_s": round(delta("requests") / dt, 3),
-                "rate_limited": int(delta("rate_limited")),
-                "retries": int(delta("retries")),
-            })
+        if previous is None or point.get("session") != previous.get("session"):
+            if previous is not None:
+                offset += float(previous["elapsed_s"])
+                _add_stage_counts(calls_by_stage, failed_by_stage, last_stage_counts)
+            sessions += 1
+            previous = point
+            last_stage_counts = (_obj(point.get("calls_by_stage")), _obj(point.get("failed_by_stage")))
+            continue
+        dt = t - previous["elapsed_s"]
+        if dt <= 0:
+            continue
+        points.append({
+            "elapsed_s": round(offset + float(t), 3),
+            "tasks_per_min": round(_delta(point, previous, "tasks_written") * 60 / dt, 3),
+            "requests_per_s": round(_delta(point, previous, "requests") / dt, 3),
+            "rate_limited": int(_delta(point, previous, "rate_limited")),
+            "retries": int(_delta(point, previous, "retries")),
+        })
         previous = point
-    timings = run_json.get("timings")
-    elapsed = timings.get("elapsed_s") if isinstance(timings, dict) else None
-    counters = run_json.get("counters")
-    written = counters.get("tasks_written") if isinstance(counters, dict) else None
+        last_stage_counts = (_obj(point.get("calls_by_stage")), _obj(point.get("failed_by_stage")))
+    if previous is not None:
+        _add_stage_counts(calls_by_stage, failed_by_stage, last_stage_counts)
+    timings = _obj(run_json.get("timings"))
+    elapsed = timings.get("elapsed_s")
+    written = _obj(run_json.get("counters")).get("tasks_written")
     overall = None
     if isinstance(elapsed, int | float) and elapsed > 0 and isinstance(written, int):
         overall = round(written * 60 / elapsed, 3)
-    return {"source": TIMELINE if points else None, "points": points,
+    return {"source": TIMELINE if points else None, "sessions": sessions, "points": points,
+            "calls_by_stage": dict(calls_by_stage.most_common()),
+            "failed_calls_by_stage": dict(failed_by_stage.most_common()),
             "elapsed_s": elapsed, "tasks_per_min_overall": overall}
+
+
+def _add_stage_counts(calls: Counter[str], failed: Counter[str],
+                      last: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """A session's last point holds its call counts per stage: add them to the run's."""
+    for target, counts in zip((calls, failed), last, strict=True):
+        for stage, n in counts.items():
+            if isinstance(n, int):
+                target[stage] += n
 
 
 def usage(run_json: Mapping[str, Any]) -> dict[str, Any]:
