@@ -136,7 +136,7 @@ def test_rate_with_the_keyboard_reload_download_and_summarise(
                                      {"item": "r00003", "rating": "C"}]
 
     capsys.readouterr()
-    assert main(["eval-summary", str(target), "--key", str(sheet.key), "--json",
+    assert main(["eval-summary", str(target), "--mapping", str(sheet.key), "--json",
                  "--out", str(tmp_path / "summary")]) == 0
     summary = orjson.loads(capsys.readouterr().out)
     expected = {m: {lv: 0 for lv in "ABCD"} for m in key.models}

@@ -159,7 +159,7 @@ def test_sheet_is_blind_and_summary_counts(tmp_path: Path, capsys: pytest.Captur
             assert counts[level] == expected
     assert sum(m["rated"] for m in summary["models"].values()) == 5
     assert "| model | A | B | C | D |" in table(summary)
-    assert main(["eval-summary", str(f1), str(f2), "--key", str(sheet.key),
+    assert main(["eval-summary", str(f1), str(f2), "--mapping", str(sheet.key),
                  "--out", str(tmp_path / "sum")]) == 0
     assert (tmp_path / "sum" / "ratings.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
@@ -174,7 +174,7 @@ def test_ratings_from_another_sheet_name_file_line_field(tmp_path: Path,
     foreign = ratings_file(tmp_path / "foreign.json", other.sheet_id, {"r00001": "A"})
     with pytest.raises(InputError, match=r"foreign.json:1: field 'sheet_id': ratings from another sheet"):
         summarize_ratings([foreign], key)
-    assert main(["eval-summary", str(foreign), "--key", str(sheet.key)]) == 2
+    assert main(["eval-summary", str(foreign), "--mapping", str(sheet.key)]) == 2
     assert "foreign.json:1: field 'sheet_id'" in capsys.readouterr().err
     unknown = ratings_file(tmp_path / "u.json", sheet.sheet_id, {"r00001": "A", "r99999": "B"})
     with pytest.raises(InputError, match=r"u.json:8: field 'ratings\[1\].item': 'r99999' is not an item"):

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", type=Path, metavar="SRC",
                         help="eval --out directories or predictions JSONL files (paper format)")
     parser.add_argument("--out", type=Path, required=True, metavar="PAGE",
-                        help="the page to write (its key goes beside it: PAGE.key.json)")
+                        help="the page to write (its key goes beside it: PAGE.mapping.json)")
     parser.add_argument("--tasks", type=Path, default=DEFAULT_EVAL_SET, metavar="FILE",
                         help="the evaluation set predictions files are matched to "
                              "(default: the bundled 252 user-oriented tasks)")
@@ -32,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     sheet = write_sheet(load_sources(args.sources, args.tasks), args.out, seed=args.seed,
                         limit=args.limit, title=args.title)
     print(f"{sheet.items} responses of {len(sheet.models)} models (hidden, shuffled): {sheet.page}")
-    print(f"key (keep it from the raters; eval-summary needs it): {sheet.key}")
+    print(f"mapping of items to models (keep it from the raters; eval-summary needs it): {sheet.key}")
     return 0

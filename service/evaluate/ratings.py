@@ -1,4 +1,4 @@
-"""`selfinstruct eval-summary RATINGS... --key KEY`: ratings into the paper's stacked bar
+"""`selfinstruct eval-summary RATINGS... --mapping FILE`: ratings into the paper's stacked bar
 chart (share of A/B/C/D per model) and a table.
 
 A ratings file is what the rating page downloads: one JSON object whose ``ratings`` list
@@ -39,7 +39,7 @@ def read_key(path: Path) -> Key:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(str(path), None, None, "no such key file") from None
+        raise InputError(str(path), None, None, "no such mapping file") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -87,7 +87,7 @@ def read_ratings(path: Path, key: Key) -> tuple[str, dict[str, str]]:
                          "missing: not a rating page's download")
     if sheet_id != key.sheet_id:
         raise InputError(str(path), _line_of(lines, '"sheet_id"'), "sheet_id",
-                         f"ratings from another sheet ({sheet_id}); {key.path} is the key of "
+                         f"ratings from another sheet ({sheet_id}); {key.path} is the mapping of "
                          f"sheet {key.sheet_id}")
     ratings = data.get("ratings")
     if not isinstance(ratings, list):

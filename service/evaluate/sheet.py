@@ -1,9 +1,9 @@
-"""`selfinstruct eval-sheet`: a static, blind A-D rating page and its key.
+"""`selfinstruct eval-sheet`: a static, blind A-D rating page and its mapping.
 
 The page is one HTML file with its data and script inline: no server, no network. Every
 (task, model) response becomes an item with an opaque id (``r00001``...), shuffled with a
 seeded generator so models are interleaved and unnamed; which model wrote an item is
-written only to the key file beside the page (``PAGE.key.json``), which raters never need.
+written only to the mapping file beside the page (``PAGE.mapping.json``), which raters never need.
 Progress lives in the browser's localStorage under the sheet's id, so a reload (or a
 closed tab) keeps it; the ratings download as JSON, one rating a line, carrying the sheet
 id so ``eval-summary`` can refuse ratings made on another sheet.
@@ -31,7 +31,7 @@ from service.evaluate.predictions import ModelResponses
 
 MAX_ITEMS = 100_000
 DEFAULT_SHEET_SEED = 0
-KEY_SUFFIX = ".key.json"
+KEY_SUFFIX = ".mapping.json"
 
 # The paper's four levels (Wang et al. 2022, section 5.4), in our words.
 SCALE: tuple[tuple[str, str], ...] = (
