@@ -182,3 +182,39 @@ def test_ratings_from_another_sheet_name_file_line_field(tmp_path: Path,
     level = ratings_file(tmp_path / "l.json", sheet.sheet_id, {"r00002": "E"})
     with pytest.raises(InputError, match=r"l.json:7: field 'ratings\[0\].rating': 'E' is not one of"):
         summarize_ratings([level], key)
+
+
+def test_command_line_with_a_key_from_the_environment(tmp_path: Path) -> None:
+    """The real CLI against a child-process simulator that demands a key: the key comes
+    from OPENAI_API_KEY, never shows in any output, and a re-run asks nothing again."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "sk-eval-test-5f3a9c"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "service", "simulate", "--port", "0", "--latency-ms", "1",
+         "--seed", "2", "--require-api-key"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SIMULATOR_API_KEY": secret})
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().strip()
+        env = {**os.environ, "OPENAI_API_KEY": secret}
+        command = [sys.executable, "-m", "service", "eval", "--tasks", str(small_tasks(tmp_path, 4)),
+                   "--base-url", url, "--model", "sim", "--out", str(tmp_path / "e")]
+        first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert "4/4 responses" in first.stdout and "4 new" in first.stdout
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert again.returncode == 0 and "0 new" in again.stdout
+        no_key = subprocess.run([*command[:-2], "--out", str(tmp_path / "nokey")],
+                                capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"})
+        assert no_key.returncode != 0
+        for text in (first.stdout, first.stderr, again.stdout, no_key.stdout, no_key.stderr,
+                     *(p.read_text() for p in (tmp_path / "e").iterdir() if p.is_file())):
+            assert secret not in text
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)

@@ -227,3 +227,19 @@ def test_timeline_recorder_throttles_and_joins_sessions(tmp_path: Path) -> None:
     assert tp["sessions"] == 2
     assert [p["elapsed_s"] for p in tp["points"]] == [6.0, 7.5, 13.5, 15.0]
     assert tp["calls_by_stage"] == {"instances": 4, "instructions": 2, "classify": 2}
+
+
+@pytest.mark.parametrize(("instruction", "expected"), [
+    ("Write a heartfelt poem about cats.", ("write", "poem")),
+    ("As a teacher, draft a two-paragraph fable about a fox.", ("draft", "fable")),
+    ("Given a list of numbers, sort them.", ("sort", None)),
+    ("Please create a persuasive essay on homework.", ("create", "essay")),
+    ("Suggest five creative ideas for a party.", ("suggest", "ideas")),
+    ("What is the capital of France?", (None, None)),
+    ("Can you explain photosynthesis?", (None, None)),
+    ("", (None, None)),
+])
+def test_leading_verb_heuristic(instruction: str, expected: tuple[str | None, str | None]) -> None:
+    from service.report.verbs import verb_object
+
+    assert verb_object(instruction) == expected

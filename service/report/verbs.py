@@ -30,6 +30,10 @@ _SKIP_OBJECT = {
     "to", "for", "about", "with", "and", "or", "in", "on", "at", "by", "from", "into",
 }
 _NOT_VERBS = _QUESTION_STARTS | _SKIP_OBJECT
+_ADJECTIVE_ENDINGS = ("ful", "ous", "ive", "ical", "able", "ible", "less", "ish", "est")
+_ADJECTIVES = {"heartfelt", "formal", "informal", "casual", "polite", "friendly", "short",
+               "long", "personal", "professional", "original", "fictional", "interesting",
+               "practical", "typical", "basic", "daily", "weekly", "catchy", "witty"}
 
 
 def _strip_leading_clause(text: str) -> str:
@@ -52,6 +56,13 @@ def verb_object(instruction: str) -> tuple[str | None, str | None]:
         return None, None
     verb = words[0]
     for word in words[1:6]:
-        if word not in _SKIP_OBJECT and len(word) > 1:
+        if word not in _SKIP_OBJECT and len(word) > 1 and not _modifier(word):
             return verb, word
     return verb, None
+
+
+def _modifier(word: str) -> bool:
+    """Reads as an adjective or a compound modifier ("heartfelt", "two-paragraph")."""
+    if "-" in word or word in _ADJECTIVES:
+        return True
+    return any(word.endswith(end) and len(word) >= len(end) + 4 for end in _ADJECTIVE_ENDINGS)
