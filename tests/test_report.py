@@ -243,3 +243,10 @@ def test_leading_verb_heuristic(instruction: str, expected: tuple[str | None, st
     from service.report.verbs import verb_object
 
     assert verb_object(instruction) == expected
+
+
+def test_a_run_still_writing_is_reported_without_its_torn_last_line(run_dir: Path) -> None:
+    with (run_dir / TASKS).open("ab") as fh:
+        fh.write(b'{"id": "task_999999", "instruction": "half a li')
+    summary = summarize(run_dir)
+    assert summary["counts"]["tasks"] == 120

@@ -201,7 +201,7 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
         parts.append(f"<p>{_e(decontamination_sentence(last, decon['rejected_contamination']))}</p>")
     else:
         parts.append("<p class='note'>No decontamination check recorded "
-                     "(`selfinstruct decontaminate RUN_DIR`).</p>")
+                     "(<code>selfinstruct decontaminate RUN_DIR</code>).</p>")
     parts.append(f"<p>Rejected for contamination: {decon['rejected_contamination']:,} "
                  f"(matching {decon['matched_eval_items']:,} evaluation items).</p>")
     parts.append("</body></html>")

@@ -31,7 +31,6 @@ from service.rundir.store import (
     SEEDS,
     TASKS,
     open_file,
-    read_jsonl,
     read_run_json,
 )
 
@@ -104,6 +103,29 @@ def _histogram(values: list[float]) -> dict[str, Any]:
     }
 
 
+def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, object) of a run file, one line at a time. A last line without its newline
+    is a record still being written by a running ``generate`` (the report takes no lock):
+    it is left out, never parsed. Any other bad line names the file and the line."""
+    try:
+        fh = open_file(path)
+    except FileNotFoundError:
+        return
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                return
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise RunDirError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, obj
+
+
 def _count_lines(path: Path) -> int:
     try:
         fh = open_file(path)
@@ -139,13 +161,13 @@ def overlap(root: Path, config: Mapping[str, Any], sample: int) -> dict[str, Any
     stride = max(1, math.ceil(total / sample))
     tokenizer = _tokenizer(config)
     seeds = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
-    for _, seed in read_jsonl(root / SEEDS):
+    for _, seed in records(root / SEEDS):
         if isinstance(seed.get("instruction"), str):
             seeds.add(seed["instruction"])
     earlier = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
     to_seed: list[float] = []
     to_earlier: list[float] = []
-    for position, (_, rec) in enumerate(read_jsonl(root / INSTRUCTIONS)):
+    for position, (_, rec) in enumerate(records(root / INSTRUCTIONS)):
         text = rec.get("instruction")
         if not isinstance(text, str):
             continue
@@ -162,7 +184,7 @@ def overlap(root: Path, config: Mapping[str, Any], sample: int) -> dict[str, Any
 
 
 def _timeline(root: Path) -> Iterator[dict[str, Any]]:
-    for count, (_, point) in enumerate(read_jsonl(root / TIMELINE), start=1):
+    for count, (_, point) in enumerate(records(root / TIMELINE), start=1):
         if count > MAX_TIMELINE_POINTS:
             return
         yield point
@@ -266,11 +288,11 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     run_json = read_run_json(root)
     config = _obj(run_json.get("config"))
 
-    seeds = sum(1 for _ in read_jsonl(root / SEEDS))
+    seeds = sum(1 for _ in records(root / SEEDS))
 
     # instructions.jsonl: admissions
     admitted = 0
-    for _ in read_jsonl(root / INSTRUCTIONS):
+    for _ in records(root / INSTRUCTIONS):
         admitted += 1
 
     # rejected.jsonl: the funnel's losses
@@ -282,7 +304,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     examples: dict[str, str] = {}
     rejected = 0
     contamination_matches: Counter[str] = Counter()
-    for lineno, rec in read_jsonl(root / REJECTED):
+    for lineno, rec in records(root / REJECTED):
         stage, reason = rec.get("stage"), rec.get("reason")
         if not isinstance(stage, str) or not isinstance(reason, str):
             raise RunDirError(f"{root / REJECTED}:{lineno}: field 'stage'/'reason' missing")
@@ -309,7 +331,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     pairs: Counter[tuple[str, str]] = Counter()
     with_verb = 0
     models: Counter[str] = Counter()
-    for lineno, task in read_jsonl(root / TASKS):
+    for lineno, task in records(root / TASKS):
         instruction = task.get("instruction")
         task_instances = task.get("instances")
         if not isinstance(instruction, str):
