@@ -63,6 +63,16 @@ async def test_eval_runs_scores_and_resumes(sim: SimulatedServer, tmp_path: Path
     assert sum(after.values()) - sum(before.values()) == 5
     assert sorted(p["id"] for p in rows(out / "predictions.jsonl")) == sorted(p["id"] for p in preds)
 
+    # the output directory is a source for compare and the rating sheet, beside a paper file
+    from service.evaluate.compare import side_by_side
+
+    models = load_sources([out, PREDICTIONS / "davinci_predictions.jsonl"], TASKS)
+    assert [m.model for m in models] == ["sim", "davinci"] and len(models[0].responses) == 12
+    shown = side_by_side(models, ids=["user_oriented_task_3"])
+    assert "--- sim" in shown and "--- davinci" in shown
+    sheet = write_sheet(models, tmp_path / "sheet.html", limit=12)
+    assert sheet.items == 24 and set(read_key(sheet.key).items.values()) == {"sim", "davinci"}
+
     # the same directory cannot silently mix two models
     other, _ = load_config({"base_url": sim.base_url, "model": "other", "api": "chat"}, env={})
     with pytest.raises(RunDirError, match="model='sim'"):
