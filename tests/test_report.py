@@ -194,6 +194,9 @@ def test_the_run_records_a_timeline_and_the_report_reads_it(run_dir: Path) -> No
     assert [(p["elapsed_s"], p["tasks_per_min"]) for p in tp["points"]] == [
         (round(t, 3), round(r, 3)) for t, r in deltas]
     assert tp["calls_by_stage"] == points[-1]["calls_by_stage"]
+    for stage, n in points[-1]["calls_by_stage"].items():
+        assert tp["seconds_per_call_by_stage"][stage] == round(points[-1]["seconds_by_stage"][stage] / n, 4)
+        assert tp["seconds_per_call_by_stage"][stage] > 0
 
 
 def test_timeline_recorder_throttles_and_joins_sessions(tmp_path: Path) -> None:
@@ -209,12 +212,13 @@ def test_timeline_recorder_throttles_and_joins_sessions(tmp_path: Path) -> None:
                      (6.0, "instances")):
         now[0] = t
         counter["tasks_written"] = int(t)
-        recorder.call_finished(CallFinished(stage, 1, ok=stage != "classify"))
+        recorder.call_finished(CallFinished(stage, 1, ok=stage != "classify", seconds=0.5))
     now[0] = 7.5
     recorder.stop_requested("finished")
     assert [p["elapsed_s"] for p in written] == [0.0, 6.0, 7.5]
     assert written[-1]["calls_by_stage"] == {"instructions": 1, "classify": 1, "instances": 2}
     assert written[-1]["failed_by_stage"] == {"classify": 1}
+    assert written[-1]["seconds_by_stage"] == {"instructions": 0.5, "classify": 0.5, "instances": 1.0}
 
     # two sessions (a resumed run): the second one's clock starts again at zero
     run = tmp_path / "run"
@@ -227,6 +231,7 @@ def test_timeline_recorder_throttles_and_joins_sessions(tmp_path: Path) -> None:
     assert tp["sessions"] == 2
     assert [p["elapsed_s"] for p in tp["points"]] == [6.0, 7.5, 13.5, 15.0]
     assert tp["calls_by_stage"] == {"instances": 4, "instructions": 2, "classify": 2}
+    assert tp["seconds_per_call_by_stage"] == {"instances": 0.5, "instructions": 0.5, "classify": 0.5}
 
 
 @pytest.mark.parametrize(("instruction", "expected"), [

@@ -91,6 +91,7 @@ class CallFinished:
     prompts: int
     ok: bool
     error: str | None = None  # the error's class name when not ok
+    seconds: float = 0.0  # the call's wall time, the client's retries and waits included
 
 
 class PipelineObserver:

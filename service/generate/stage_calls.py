@@ -8,6 +8,7 @@ at a time the sequence of prompts (and per-request seeds) repeats exactly.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +52,14 @@ class StageCalls:
     async def call(self, stage: str, prompts: Sequence[StagePrompt],
                    sampling: Sampling) -> list[Choice]:
         """The backend's answer, with a ``call_finished`` event either way."""
+        start = time.monotonic()
         try:
             choices = await self.backend.complete(stage, prompts, sampling)
         except Exception as exc:
-            self.on_call(CallFinished(stage, len(prompts), False, type(exc).__name__))
+            self.on_call(CallFinished(stage, len(prompts), False, type(exc).__name__,
+                                      time.monotonic() - start))
             raise
-        self.on_call(CallFinished(stage, len(prompts), True))
+        self.on_call(CallFinished(stage, len(prompts), True, seconds=time.monotonic() - start))
         return choices
 
     def sampling(self, stage: str, stop: Sequence[str]) -> Sampling:

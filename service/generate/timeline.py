@@ -56,6 +56,7 @@ class TimelineRecorder(PipelineObserver):
         self.session = f"{os.getpid()}-{int(time.time() * 1000)}"
         self.calls_by_stage: Counter[str] = Counter()
         self.failed_by_stage: Counter[str] = Counter()
+        self.seconds_by_stage: dict[str, float] = {}
         self.points = 0
 
     def tick(self, *, force: bool = False) -> None:
@@ -66,7 +67,8 @@ class TimelineRecorder(PipelineObserver):
         point = {"session": self.session, "t": round(time.time(), 3),
                  "elapsed_s": round(now - self._started, 3), **self._sample(),
                  "calls_by_stage": dict(self.calls_by_stage),
-                 "failed_by_stage": dict(self.failed_by_stage)}
+                 "failed_by_stage": dict(self.failed_by_stage),
+                 "seconds_by_stage": {k: round(v, 3) for k, v in self.seconds_by_stage.items()}}
         try:
             self._append(point)
         except OSError:
@@ -82,6 +84,7 @@ class TimelineRecorder(PipelineObserver):
 
     def call_finished(self, call: CallFinished) -> None:
         self.calls_by_stage[call.stage] += 1
+        self.seconds_by_stage[call.stage] = self.seconds_by_stage.get(call.stage, 0.0) + call.seconds
         if not call.ok:
             self.failed_by_stage[call.stage] += 1
         self.tick()

@@ -187,9 +187,13 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
                           latency.get("p99"), latency.get("max"), usage["retries_total"],
                           usage["rate_limited"]]], {0, 1, 2, 3, 4, 5, 6}))
     if tp["calls_by_stage"]:
-        parts.append(_table(["stage", "calls", "failed calls"],
-                            [[stage, n, tp["failed_calls_by_stage"].get(stage, 0)]
-                             for stage, n in tp["calls_by_stage"].items()], {1, 2}))
+        per_call = tp["seconds_per_call_by_stage"]
+        parts.append(_table(["stage", "calls", "failed calls", "seconds per call (mean)"],
+                            [[stage, n, tp["failed_calls_by_stage"].get(stage, 0),
+                              per_call.get(stage)]
+                             for stage, n in sorted(tp["calls_by_stage"].items(),
+                                                    key=lambda kv: -float(per_call.get(kv[0]) or 0))],
+                            {1, 2, 3}))
     total_rej = max(1, counts["rejected"])
     parts.append(_table(["reason", "count", "share of rejections", "example"],
                         [[r, n, round(n / total_rej, 3), rej["examples"].get(r, "")]

@@ -205,9 +205,8 @@ def throughput(root: Path, run_json: Mapping[str, Any]) -> dict[str, Any]:
     previous: dict[str, Any] | None = None
     offset = 0.0  # elapsed time of the sessions before this one
     sessions = 0
-    calls_by_stage: Counter[str] = Counter()
-    failed_by_stage: Counter[str] = Counter()
-    last_stage_counts: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    totals: tuple[dict[str, float], ...] = ({}, {}, {})
+    last_stage_counts: tuple[dict[str, Any], ...] = ({}, {}, {})
     for point in _timeline(root):
         t = point.get("elapsed_s")
         if not isinstance(t, int | float):
@@ -215,10 +214,10 @@ def throughput(root: Path, run_json: Mapping[str, Any]) -> dict[str, Any]:
         if previous is None or point.get("session") != previous.get("session"):
             if previous is not None:
                 offset += float(previous["elapsed_s"])
-                _add_stage_counts(calls_by_stage, failed_by_stage, last_stage_counts)
+                _add_stage_counts(totals, last_stage_counts)
             sessions += 1
             previous = point
-            last_stage_counts = (_obj(point.get("calls_by_stage")), _obj(point.get("failed_by_stage")))
+            last_stage_counts = _stage_counts(point)
             continue
         dt = t - previous["elapsed_s"]
         if dt <= 0:
@@ -231,9 +230,10 @@ def throughput(root: Path, run_json: Mapping[str, Any]) -> dict[str, Any]:
             "retries": int(_delta(point, previous, "retries")),
         })
         previous = point
-        last_stage_counts = (_obj(point.get("calls_by_stage")), _obj(point.get("failed_by_stage")))
+        last_stage_counts = _stage_counts(point)
     if previous is not None:
-        _add_stage_counts(calls_by_stage, failed_by_stage, last_stage_counts)
+        _add_stage_counts(totals, last_stage_counts)
+    calls, failed, seconds = totals
     timings = _obj(run_json.get("timings"))
     elapsed = timings.get("elapsed_s")
     written = _obj(run_json.get("counters")).get("tasks_written")
@@ -241,18 +241,29 @@ def throughput(root: Path, run_json: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(elapsed, int | float) and elapsed > 0 and isinstance(written, int):
         overall = round(written * 60 / elapsed, 3)
     return {"source": TIMELINE if points else None, "sessions": sessions, "points": points,
-            "calls_by_stage": dict(calls_by_stage.most_common()),
-            "failed_calls_by_stage": dict(failed_by_stage.most_common()),
+            "calls_by_stage": _by_count(calls),
+            "failed_calls_by_stage": _by_count(failed),
+            "seconds_per_call_by_stage": {
+                stage: round(seconds.get(stage, 0) / n, 4) for stage, n in _by_count(calls).items() if n},
             "elapsed_s": elapsed, "tasks_per_min_overall": overall}
 
 
-def _add_stage_counts(calls: Counter[str], failed: Counter[str],
-                      last: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    """A session's last point holds its call counts per stage: add them to the run's."""
-    for target, counts in zip((calls, failed), last, strict=True):
+def _stage_counts(point: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    return (_obj(point.get("calls_by_stage")), _obj(point.get("failed_by_stage")),
+            _obj(point.get("seconds_by_stage")))
+
+
+def _add_stage_counts(totals: tuple[dict[str, float], ...],
+                      last: tuple[dict[str, Any], ...]) -> None:
+    """A session's last point holds its counts per stage: add them to the run's."""
+    for target, counts in zip(totals, last, strict=True):
         for stage, n in counts.items():
-            if isinstance(n, int):
-                target[stage] += n
+            if isinstance(n, int | float) and not isinstance(n, bool):
+                target[stage] = target.get(stage, 0) + n
+
+
+def _by_count(counts: Mapping[str, float]) -> dict[str, int]:
+    return {k: int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
 def usage(run_json: Mapping[str, Any]) -> dict[str, Any]:
