@@ -148,6 +148,15 @@ def test_page_is_self_contained_and_escaped(run_dir: Path, tmp_path: Path) -> No
     assert f"<b>{summary['counts']['tasks']:,}</b>" in page
 
 
+def test_labels_from_a_strange_file_are_bounded(run_dir: Path) -> None:
+    with (run_dir / REJECTED).open("ab") as fh:
+        for i in range(500):
+            fh.write(orjson.dumps({"stage": "filter", "reason": f"r{i}" + "x" * 200}) + b"\n")
+    by_reason = summarize(run_dir, ReportOptions(overlap_sample=0))["rejections"]["by_reason"]
+    assert len(by_reason) <= 201 and by_reason["(other)"] > 0
+    assert max(len(r) for r in by_reason) <= 80
+
+
 def test_overlap_sample_is_bounded(run_dir: Path) -> None:
     summary = summarize(run_dir, ReportOptions(overlap_sample=10))
     total = summary["overlap"]["instructions"]

@@ -45,6 +45,8 @@ DEFAULT_TOP = 20
 _TOP_ONLY = 1.0
 EXAMPLE_CHARS = 300
 MAX_TIMELINE_POINTS = 100_000
+MAX_LABELS = 200
+LABEL_CHARS = 80
 # rejected.jsonl stages that lose an admitted task or an instance, not a candidate
 _TASK_STAGES = frozenset({"classify", "instances", "instance_filter", "decontaminate"})
 
@@ -62,6 +64,13 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _label(value: str, seen: Mapping[str, int]) -> str:
+    """A stage or reason as counted: at most MAX_LABELS distinct ones (then "(other)"),
+    each at most LABEL_CHARS long, so a strange file cannot blow up the summary."""
+    value = value[:LABEL_CHARS]
+    return value if value in seen or len(seen) < MAX_LABELS else "(other)"
 
 
 def _words(text: str) -> int:
@@ -320,6 +329,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
         if not isinstance(stage, str) or not isinstance(reason, str):
             raise RunDirError(f"{root / REJECTED}:{lineno}: field 'stage'/'reason' missing")
         rejected += 1
+        stage, reason = _label(stage, by_stage), _label(reason, by_reason)
         by_reason[reason] += 1
         by_stage[stage] += 1
         by_stage_reason.setdefault(stage, Counter())[reason] += 1
