@@ -117,7 +117,8 @@ white-space:pre-wrap;overflow-wrap:anywhere}.label{font-size:.8rem;color:#666;
 text-transform:uppercase;letter-spacing:.04em}#response{border-color:#4c72b0}
 .scale{display:grid;grid-template-columns:repeat(4,1fr);gap:.5rem}
 .scale button{padding:.6rem;border:1px solid #bbb;border-radius:6px;background:#fff;
-cursor:pointer;text-align:left;font-size:.85rem}.scale button b{font-size:1.2rem;display:block}
+cursor:pointer;text-align:left;font-size:.85rem;display:flex;flex-direction:column;
+justify-content:flex-start;align-items:flex-start}.scale button b{font-size:1.2rem;display:block}
 .scale button.chosen{background:#4c72b0;color:#fff;border-color:#4c72b0}
 nav{display:flex;gap:.5rem;align-items:center;margin:.8rem 0}.keys{color:#555;font-size:.85rem}
 progress{width:14rem}kbd{border:1px solid #bbb;border-radius:3px;padding:0 .3rem;background:#fff}
