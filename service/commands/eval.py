@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"sampling temperature (default {DEFAULT_TEMPERATURE})")
     parser.add_argument("--rpm", type=float, metavar="N", help="requests per minute to stay under")
     parser.add_argument("--tpm", type=float, metavar="N", help="tokens per minute to stay under")
-    parser.add_argument("--max-in-flight", type=int, metavar="N", help="concurrent requests cap")
+    parser.add_argument("--max-in-flight", metavar="N|auto",
+                        help="concurrent requests cap, or auto (as generate's)")
     parser.add_argument("--request-timeout", type=float, metavar="S", help="per-request timeout")
     parser.add_argument("--limit", type=int, default=5, metavar="N",
                         help="compare: items shown (default 5)")

@@ -12,7 +12,6 @@ run.json's counters are adjusted. A crash between the steps is repaired by runni
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,14 @@ from service.decontam.evalsets import DEFAULT_ID_FIELD, read_eval_texts
 from service.decontam.ngrams import DEFAULT_MIN_TOKENS, DEFAULT_N, Match, NgramIndex
 from service.errors import RunDirError
 from service.generate.seams import TaskRejection
-from service.rundir.store import REJECTED, TASKS, RunDir, open_fd, read_jsonl
+from service.rundir.store import (
+    REJECTED,
+    TASKS,
+    RunDir,
+    atomic_file,
+    read_jsonl,
+    write_json_atomic,
+)
 
 CONTAMINATION = "contamination"
 STAGE = "decontaminate"
@@ -147,21 +153,16 @@ def _already_rejected(root: Path) -> set[str]:
 
 
 def _rewrite_tasks_without(root: Path, drop: set[str]) -> int:
-    """Stream tasks.jsonl into a fresh temporary file without ``drop``, then rename it
-    over the original (a reader sees the old file or the new one). Returns tasks removed."""
-    source = root / TASKS
-    tmp = root / f".{TASKS}.{os.getpid()}.decontam.tmp"
-    tmp.unlink(missing_ok=True)
+    """Stream tasks.jsonl into a fresh file without ``drop`` and rename it over the
+    original (the one atomic writer: a reader sees the old file or the new one).
+    Returns how many tasks were removed."""
     removed = 0
-    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
-        for _, task in read_jsonl(source):
+    with atomic_file(root / TASKS) as out:
+        for _, task in read_jsonl(root / TASKS):
             if str(task.get("id")) in drop:
                 removed += 1
                 continue
             out.write(orjson.dumps(task) + b"\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, source)
     return removed
 
 
@@ -257,14 +258,7 @@ class Decontaminator:
 
 def write_record(run: RunDir, summary: dict[str, Any]) -> None:
     """decontamination.json, replaced atomically (the lock holder writes it)."""
-    payload = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    tmp = run.path / f".{RESULT_FILE}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run.path / RESULT_FILE)
+    write_json_atomic(run.path / RESULT_FILE, summary)
 
 
 def decontaminate_while_generating(run: RunDir, index: NgramIndex,

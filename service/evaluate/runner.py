@@ -27,11 +27,10 @@ from service import __version__
 from service.config import Config
 from service.decontam.check import file_sha256
 from service.decontam.evalsets import EvalTask, read_eval_tasks
-from service.errors import LLMError, RunDirError
+from service.errors import ClientRequestError, LLMError, RunDirError
 from service.evaluate.predictions import EVAL_JSON, PREDICTIONS
 from service.generate.llm_backend import client_settings
 from service.llm.client import LLMClient
-from service.llm.errors import ClientRequestError
 from service.rundir.export import END_OF_TEXT, format_openai_chat, format_self_instruct
 from service.rundir.store import RunDir, read_jsonl, repair_torn_tail, write_json_atomic
 from service.secret import safe_url
@@ -159,7 +158,7 @@ async def run_eval(config: Config, settings: EvalSettings, *,
                     if on_item is not None:
                         on_item(len(done) + written, len(items))
 
-            workers = min(config.max_in_flight, max(1, len(todo)))
+            workers = min(config.in_flight_bound(), max(1, len(todo)))
             await asyncio.gather(*(worker() for _ in range(workers)))
             usage = client.snapshot()
         scores = [float(r["rouge_l"]) for _, r in read_jsonl(out / PREDICTIONS)

@@ -15,8 +15,6 @@ the model's terms and the seed tasks', which this tool cannot know.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +22,11 @@ from typing import Any
 
 from prompts import PROMPTS_DIR
 from service import __version__
+from service.decontam.check import file_sha256
 from service.report.page import decontamination_sentence, render_plots
 from service.report.summary import ReportOptions, summarize
 from service.rundir.export import export_run
-from service.rundir.store import SEEDS, read_run_json
+from service.rundir.store import SEEDS, atomic_file, read_run_json
 
 DATA_FILE = "data/train.jsonl"
 CARD = "README.md"
@@ -60,13 +59,8 @@ def size_category(n: int) -> str:
 
 
 def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, or None when it is not there."""
+    return file_sha256(path) if path.is_file() else None
 
 
 def _md(value: Any) -> str:
@@ -224,7 +218,6 @@ def export_hf(run_dir: Path, out: Path, *, include_seeds: bool = False,
         templates_hash=sha256_file(templates), seeds_hash=sha256_file(root / SEEDS),
         plots=plots, name=name or f"Self-Instruct data: {root.name}",
     )
-    tmp = out / f".{CARD}.{os.getpid()}.tmp"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, out / CARD)
+    with atomic_file(out / CARD) as fh:
+        fh.write(card.encode("utf-8"))
     return HfExport(out, out / CARD, out / DATA_FILE, result.records)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 
 from service.report import plots
 from service.report.summary import ReportOptions, summarize
+from service.rundir.store import atomic_file
 
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "summary.json"
@@ -213,9 +213,8 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    with atomic_file(path) as fh:
+        fh.write(payload)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from service.rundir.store import (
     SEEDS,
     TASKS,
     open_file,
+    read_jsonl,
     read_run_json,
 )
 
@@ -116,23 +117,7 @@ def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, object) of a run file, one line at a time. A last line without its newline
     is a record still being written by a running ``generate`` (the report takes no lock):
     it is left out, never parsed. Any other bad line names the file and the line."""
-    try:
-        fh = open_file(path)
-    except FileNotFoundError:
-        return
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.endswith(b"\n"):
-                return
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RunDirError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+    return read_jsonl(path, torn="skip")
 
 
 def _count_lines(path: Path) -> int:
