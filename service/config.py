@@ -279,6 +279,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_sse_streams": (1, 10_000),
     "drain_timeout_s": (0.1, 3_600.0),
     "max_body_bytes": (1_024, 16 * 1024 * 1024),
+    # decontamination, report, eval
+    "ngram": (1, 64),
+    "ngram_min_tokens": (1, 64),
+    "eval_max_tokens": (1, 100_000),
+    "eval_temperature": (0.0, 2.0),
+    "report_overlap_sample": (0, 10_000_000),
+    "report_top": (1, 1_000),
 }
 
 

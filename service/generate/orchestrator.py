@@ -25,6 +25,7 @@ from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
 from service.generate.resume import seeds_for_run
 from service.generate.templates import load_templates
+from service.generate.timeline import record_timeline
 from service.progress import Progress, status_line
 from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.rundir.store import TASKS, RunDir
@@ -136,6 +137,7 @@ async def run_generate(
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
                             coordinator=coordinator, templates=templates)
         pipeline.load_existing()
+        record_timeline(pipeline)
         if on_pipeline is not None:
             on_pipeline(pipeline)
         start_written = pipeline.state.tasks_written
