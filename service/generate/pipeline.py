@@ -14,10 +14,9 @@ more in :mod:`.supply`, the files' records in :mod:`.records`, reading a run dir
 back in :mod:`.resume`, stop and drain in :mod:`.control`, plug-ins in :mod:`.seams`.
 
 Repeatable runs: with ``max_in_flight == 1`` (and no coordinator) the stages take turns
-as in the reference (ask, admit, finish every admitted task, ask again), so with a fixed
-``seed``, the same seeds and settings and a deterministic endpoint, tasks.jsonl,
-instructions.jsonl and rejected.jsonl come out the same byte for byte. With more
-requests in flight, admission follows the order answers arrive in, which no seed fixes.
+as in the reference (ask, admit, finish every admitted task, ask again), so a fixed
+``seed``, the same seeds and settings and a deterministic endpoint give the same files
+byte for byte. With more in flight, admission follows the order answers arrive in.
 """
 
 from __future__ import annotations
