@@ -36,6 +36,8 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+RunMode = Literal["online", "batch"]
+BatchBackend = Literal["openai", "files"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,18 @@ class Config:
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # USD per 1M cached prompt tokens by model ([prices."m"] cached_input_per_1m); a model
+    # not listed pays its input price for cached tokens
+    cached_input_prices: dict[str, float] = field(default_factory=dict)
+    batch_discount: float = 0.5  # share of every price taken off for Batch API calls
+
+    # batch mode (`generate --mode batch`): rounds of Batch API files instead of live calls
+    mode: RunMode = "online"
+    batch_backend: BatchBackend = "openai"  # files: request/output files in batch_dir
+    batch_dir: Path | None = None
+    batch_max_requests: int = 50_000  # lines of one batch file (the provider's cap)
+    batch_poll_seconds: float = 30.0
+    batch_timeout: float = 86_400.0  # a batch not finished after this counts as expired
 
     # embedded local model
     local_model: Path | None = None
@@ -208,6 +222,12 @@ RANGES: dict[str, tuple[float, float]] = {
     # [prices."model"]: USD per 1M tokens
     "input_per_1m": (0.0, 1e6),
     "output_per_1m": (0.0, 1e6),
+    "cached_input_per_1m": (0.0, 1e6),
+    "batch_discount": (0.0, 1.0),
+    # batch mode
+    "batch_max_requests": (1, 50_000),
+    "batch_poll_seconds": (0.01, 3_600.0),
+    "batch_timeout": (1.0, 7 * DAY_S),
     # worker (`selfinstruct serve`)
     "port": (0, 65_535),
     "max_jobs": (1, 1_000),
@@ -260,9 +280,12 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
+    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index", "mode",
+                                          "batch_backend"}:
         literal_args = {
             "api": get_args(ApiKind),
+            "mode": get_args(RunMode),
+            "batch_backend": get_args(BatchBackend),
             "tokenizer": ("rouge", "unicode"),
             "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
         }.get(name, ())
@@ -347,7 +370,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 _FILTER_TYPES = {f.name: f.type for f in fields(FilterConfig)}
 _STAGE_TYPES = {f.name: f.type for f in fields(StageConfig)}
 # Keys that are not simple scalars and so have no SELFINSTRUCT_ env variable of their own.
-_NESTED = {"filters", "stages", "prices"}
+_NESTED = {"filters", "stages", "prices", "cached_input_prices"}
 
 
 def env_name(key: str) -> str:
@@ -417,8 +440,10 @@ def load_config(
                         )
                         sources[full] = src
             elif key == "prices":
-                values["prices"] = _read_prices(raw, src)
+                values["prices"], cached = _read_prices(raw, src)
                 sources["prices"] = src
+                if cached:
+                    values["cached_input_prices"] = cached
             elif key in _FIELD_TYPES:
                 values[key] = _coerce(key, _FIELD_TYPES[key], raw, src)
                 sources[key] = src
@@ -460,20 +485,24 @@ def load_config(
     return config, sources
 
 
-def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
-    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5`` (USD per 1M tokens)."""
+def _read_prices(raw: Any, src: str) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5, cached_input_per_1m =
+    0.25`` (USD per 1M tokens): the [input, output] pairs and the cached-input prices."""
     if not isinstance(raw, dict):
         raise _fail("prices", src, raw, "a table of models")
     prices: dict[str, tuple[float, float]] = {}
+    cached: dict[str, float] = {}
     for model, table in raw.items():
         key = f"prices.{model}"
         if not isinstance(table, dict):
             raise _fail(key, src, table, "a table with input_per_1m and output_per_1m")
-        unknown = set(table) - {"input_per_1m", "output_per_1m"}
+        unknown = set(table) - {"input_per_1m", "output_per_1m", "cached_input_per_1m"}
         if unknown:
             raise ConfigError(f"config key '{key}.{sorted(unknown)[0]}' ({src}): unknown key")
-        pair = []
-        for side in ("input_per_1m", "output_per_1m"):
+        values: dict[str, float] = {}
+        for side in ("input_per_1m", "output_per_1m", "cached_input_per_1m"):
+            if side not in table and side == "cached_input_per_1m":
+                continue
             value = table.get(side, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value):
@@ -481,9 +510,11 @@ def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
             expected = out_of_range(side, float(value))
             if expected is not None:
                 raise _fail(f"{key}.{side}", src, value, expected)
-            pair.append(float(value))
-        prices[str(model)] = (pair[0], pair[1])
-    return prices
+            values[side] = float(value)
+        prices[str(model)] = (values["input_per_1m"], values["output_per_1m"])
+        if "cached_input_per_1m" in values:
+            cached[str(model)] = values["cached_input_per_1m"]
+    return prices, cached
 
 
 def _check_consistency(config: Config) -> None:
@@ -521,6 +552,8 @@ def render(config: Config, sources: Mapping[str, str]) -> str:
         note = f"  # {sources['prices']}" if "prices" in sources else ""
         lines += ["", f"[prices.{json.dumps(model)}]{note}",
                   f"input_per_1m = {input_price!r}", f"output_per_1m = {output_price!r}"]
+        if model in config.cached_input_prices:
+            lines.append(f"cached_input_per_1m = {config.cached_input_prices[model]!r}")
     return "\n".join(lines) + "\n"
 
 

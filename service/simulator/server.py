@@ -45,6 +45,7 @@ from aiohttp import web
 
 from service.llm.tokens import estimate_chat_tokens, estimate_text_tokens
 from service.simulator.answers import AnswerSettings, answer, rng_for
+from service.simulator.prompt_cache import PromptCache, PromptCacheSettings
 from service.simulator.ratelimit import ServerLimiter
 from service.simulator.settings import SimSettings
 
@@ -125,8 +126,10 @@ def _error_body(message: str, type_: str, param: str | None = None,
 class SimulatedServer:
     """The simulated endpoint; an async context manager (start on enter, stop on exit)."""
 
-    def __init__(self, settings: SimSettings | None = None) -> None:
+    def __init__(self, settings: SimSettings | None = None, *,
+                 prompt_cache: PromptCacheSettings | None = None) -> None:
         self.settings = settings or SimSettings()
+        self.prompt_cache = PromptCache(prompt_cache)
         self._limiter = self._make_limiter(self.settings)
         self._fault_rng = random.Random(f"faults:{self.settings.seed}")
         self._latency_rng = random.Random(f"latency:{self.settings.seed}")
@@ -250,6 +253,7 @@ class SimulatedServer:
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
                        "total": self.prompt_tokens + self.completion_tokens},
             "choices": self.choices,
+            "cached_tokens": self.prompt_cache.cached_tokens,
             "streams": self.streams,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
@@ -366,13 +370,20 @@ class SimulatedServer:
         self.prompt_tokens += prompt_total
         self.completion_tokens += completion
         self.choices += len(choices)
-        usage = {"prompt_tokens": prompt_total, "completion_tokens": completion,
-                 "total_tokens": prompt_total + completion}
+        usage = self.usage_of(parsed, prompt_total, completion)
         if parsed.stream:
             return await self._stream(request, parsed, choices, usage, latency, limiter)
         await self._sleep(latency)
         return self._respond(200, orjson.dumps(self._body(parsed, choices, usage)),
                              limiter.headers())
+
+    def usage_of(self, parsed: _Parsed, prompt_total: int, completion: int) -> dict[str, Any]:
+        """The usage object of an answered request, with the prompt-cache hits of its
+        prompts as ``prompt_tokens_details.cached_tokens`` (OpenAI's field)."""
+        cached = sum(self.prompt_cache.lookup(p) for p in parsed.prompts)
+        return {"prompt_tokens": prompt_total, "completion_tokens": completion,
+                "total_tokens": prompt_total + completion,
+                "prompt_tokens_details": {"cached_tokens": min(cached, prompt_total)}}
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, raw: bytes, chat: bool) -> _Parsed:
