@@ -37,6 +37,12 @@ GENERATE_FLAGS: dict[str, str] = {
     "lease_seconds": "lease_seconds",
     "quiet": "quiet",
     "fsync": "fsync",
+    "mode": "mode",
+    "batch_backend": "batch_backend",
+    "batch_dir": "batch_dir",
+    "batch_max_requests": "batch_max_requests",
+    "batch_poll_seconds": "batch_poll_seconds",
+    "batch_timeout": "batch_timeout",
 }
 
 
@@ -70,6 +76,12 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-seconds", metavar="S", help="distributed: reclaim a silent worker's tasks after this (default 60)")
     parser.add_argument("--quiet", action="store_const", const=True, default=None, help="no progress display")
     parser.add_argument("--fsync", action="store_const", const=True, default=None, help="fsync every record (slower; survives power loss)")
+    parser.add_argument("--mode", choices=["online", "batch"], help="online calls, or rounds of Batch API files (half the price, hours not minutes)")
+    parser.add_argument("--batch-backend", choices=["openai", "files"], help="batch mode: the endpoint's Batch API, or request/output files in --batch-dir")
+    parser.add_argument("--batch-dir", metavar="DIR", help="batch mode, files backend: where request files go and output files are awaited")
+    parser.add_argument("--batch-max-requests", metavar="N", help="batch mode: most requests in one batch file and instruction requests in one round")
+    parser.add_argument("--batch-poll-seconds", metavar="S", help="batch mode: seconds between status polls")
+    parser.add_argument("--batch-timeout", metavar="S", help="batch mode: a batch not finished after this is cancelled; its unfinished lines are resubmitted")
     add_range_help(parser)
 
 

@@ -90,6 +90,14 @@ async def run_generate(
 ) -> RunResult:
     """Run (or resume) a generation into ``config.out``."""
     progress = progress or Progress(quiet=config.quiet)
+    if config.mode == "batch":  # rounds of Batch API files: service.generate.batch_mode
+        if config.redis is not None:
+            raise ConfigError("config key 'mode': batch mode runs in one process (no --redis)")
+        from service.generate.batch_mode import run_batch_generate
+
+        summary = await run_batch_generate(config, progress=progress,
+                                           install_signal_handlers=install_signal_handlers)
+        return RunResult(summary, Path(config.out), ())
     seeds = load_seeds(config)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = None
