@@ -61,6 +61,7 @@ from service.generate.batch_transport import (
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.llm_backend import DEFAULT_MODEL, prices_of
 from service.generate.pipeline import AdmitFn, RunSummary, seeds_for_run
+from service.generate.plan import plan_for_run
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
 from service.generate.stages import instructions as instruction_stage
@@ -174,6 +175,7 @@ class BatchRun:
         self.lines_done = 0
         self.lines_failed = 0
         self._idle_rounds = 0
+        self.plan: dict[str, Any] | None = None  # the estimate, kept next to the actuals
 
     # ------------------------------------------------------------------ resume
     def load_existing(self) -> None:
@@ -680,7 +682,7 @@ class BatchRun:
         return {
             "version": __version__, "status": self.status, "mode": "batch",
             "config": self.config.redacted(), "counters": self.state.as_dict(),
-            "usage": self.usage(), "batch": self.batch_snapshot(),
+            "usage": self.usage(), "batch": self.batch_snapshot(), "plan": self.plan,
             "timings": {"elapsed_s": round(time.monotonic() - self.started, 3)},
         }
 
@@ -763,6 +765,7 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
                 run = BatchRun(config, run_dir, seed_tasks, admit, transport, journal,
                                on_progress=lambda r: progress.update(batch_line(r)))
                 run.load_existing()
+                run.plan = plan_for_run(config, seed_tasks)
                 if on_run is not None:
                     on_run(run)
                 loop = asyncio.get_running_loop()

@@ -142,8 +142,13 @@ async def run_generate(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, _on_signal, pipeline, progress)
                     installed.append(sig)
+        from service.generate.plan import plan_for_run
+
+        plan = plan_for_run(live_config, seeds)
         try:
             summary = await pipeline.run()
+            if plan is not None:  # the estimate next to the actuals
+                run_dir.write_run_json({**pipeline.run_json(), "plan": plan})
         finally:
             for installed_sig in installed:
                 loop.remove_signal_handler(installed_sig)
