@@ -70,3 +70,14 @@ def test_plan_command_prints_a_table_and_json(tmp_path: Path,
     assert "instances" in text and "batch" in text and "local" in text
     assert main(["plan", "--target", "5", "--from", str(tmp_path / "missing")]) == 1
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_cost_benchmark_prices_three_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cost import main as cost_main
+
+    code = cost_main(["--target", "120", "--no-write"])
+    text = capsys.readouterr().out
+    assert code in (0, 1)  # 1: batch above 55% of online (small runs overshoot more)
+    for row in ("ours, online with prompt caching", "ours, Batch API"):
+        assert row in text
+    assert "USD / 1,000 tasks" in text

@@ -103,7 +103,8 @@ MAX_LINE_ATTEMPTS = 8  # a custom_id failed this often is given up (its task sta
 MAX_IDLE_ROUNDS = 50  # rounds in a row with no new admission and no new task: give up
 START_ADMITTED_PER_REQUEST = 4.0  # until the first round measures it
 START_SUCCESS_RATE = 0.9
-SUPPLY_MARGIN = 1.1
+SUPPLY_MARGIN = 1.1  # instruction requests: a round too few costs a whole turnaround
+ADVANCE_MARGIN = 1.0  # admitted tasks sent on to classify/instances: each one costs money
 
 
 @dataclass
@@ -313,7 +314,7 @@ class BatchRun:
         rate = self._success_rate()
         # Advance only as many admitted tasks as the target needs (oldest first): extra
         # admissions stay pending instead of paying for their classify and instances.
-        wanted = math.ceil(self.remaining / rate * SUPPLY_MARGIN)
+        wanted = math.ceil(self.remaining / rate * ADVANCE_MARGIN)
         supply = 0
         for task_id in sorted(self.pending):
             task = self.pending[task_id]
