@@ -292,3 +292,26 @@ def test_batch_options_have_ranges(tmp_path: Path) -> None:
 
 def test_batch_run_is_importable_for_hooks() -> None:
     assert callable(BatchRun.request_drain)
+
+
+async def test_chat_api_batches_and_the_progress_line(tmp_path: Path) -> None:
+    import io
+
+    from service.progress import Progress
+
+    out = tmp_path / "run"
+    stream = io.StringIO()
+    async with _sim() as sim:
+        config = make_config(out, sim.base_url, target=40, seed=6, mode="batch", api="chat",
+                             batch_poll_seconds=0.05, quiet=False)
+        result = await run_generate(config, install_signal_handlers=False,
+                                    progress=Progress(stream=stream, interval_s=0.0))
+        endpoints = {b.endpoint for b in sim.batch.batches.values()}
+    assert result.summary.status == "finished"
+    assert endpoints == {"/v1/chat/completions"}
+    assert verify_run(out).ok
+    text = stream.getvalue()
+    assert "round 1 | batches" in text and "waiting" in text and "lines" in text
+    assert "tasks 40/40" in text
+    run = orjson.loads((out / RUN_JSON).read_bytes())
+    assert run["batch"]["waiting_s"] > 0 and run["batch"]["rounds"] >= 3

@@ -403,29 +403,30 @@ class BatchRun:
             if entry.state not in (SUBMITTED, FINISHED):
                 data = (self.run_dir.path / entry.input).read_bytes()
                 await self.transport.submit(entry, data, resumed=resumed)
-        waits: dict[str, float] = {e.key: time.monotonic() for e in entries}
+        started = time.monotonic()
+        polled: dict[str, tuple[str, int, int]] = {}
         while True:
-            open_entries = [e for e in entries if e.state != FINISHED]
-            self.batch_states = Counter(e.status or e.state for e in entries)
-            if not open_entries:
-                return True
-            done = failed = 0
-            for entry in open_entries:
+            for entry in entries:
+                if entry.state == FINISHED:
+                    continue
                 status, ok, bad = await self.transport.poll(entry)
-                done, failed = done + ok, failed + bad
-                self.batch_states[status] += 1
+                polled[entry.key] = (status, ok, bad)
                 if status in TERMINAL:
                     files = self.journal.files
                     ids = await self.transport.fetch(entry, files / f"{entry.key}.output.jsonl",
                                                      files / f"{entry.key}.errors.jsonl")
                     journal_finished(self.journal, entry, status, ids,
-                                     time.monotonic() - waits[entry.key])
+                                     time.monotonic() - started)
                 elif submitted_age(entry) > self.config.batch_timeout:
                     await self.transport.cancel(entry)
-            self.lines_done, self.lines_failed = done, failed
+            self.batch_states = Counter(
+                (e.status or "?") if e.state == FINISHED else polled.get(e.key, (e.state,))[0]
+                for e in entries)
+            self.lines_done = sum(p[1] for p in polled.values())
+            self.lines_failed = sum(p[2] for p in polled.values())
             self._tick()
             if all(e.state == FINISHED for e in entries):
-                continue
+                return True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain.wait(), self.config.batch_poll_seconds)
             if self._drain.is_set():

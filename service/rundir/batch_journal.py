@@ -67,6 +67,7 @@ class BatchEntry:
     status: str | None = None  # the provider's final status
     output_file_id: str | None = None
     error_file_id: str | None = None
+    waited_s: float = 0.0  # from the round's start of waiting to this batch's end
 
 
 @dataclass
@@ -86,7 +87,14 @@ class JournalView:
     classified: dict[str, bool] = field(default_factory=dict)  # task id -> classification
     retry: dict[str, str] = field(default_factory=dict)  # custom_id -> batch key it was in
     attempts: dict[str, int] = field(default_factory=dict)  # custom_id -> times prepared
-    waiting_s: float = 0.0
+
+    @property
+    def waiting_s(self) -> float:
+        """Wall time spent waiting for batches: per round, its slowest batch."""
+        slowest: dict[int, float] = {}
+        for b in self.batches.values():
+            slowest[b.round] = max(slowest.get(b.round, 0.0), b.waited_s)
+        return sum(slowest.values())
 
 
 class BatchJournal:
@@ -154,7 +162,7 @@ class BatchJournal:
                 entry.state, entry.status = FINISHED, str(event["status"])
                 entry.output_file_id = event.get("output_file_id")
                 entry.error_file_id = event.get("error_file_id")
-                v.waiting_s += float(event.get("waited_s") or 0.0)
+                entry.waited_s = float(event.get("waited_s") or 0.0)
             elif kind == PROCESSING:
                 record = v.rounds.setdefault(int(event["round"]), RoundRecord(int(event["round"])))
                 record.processing_sizes = {str(k): int(n) for k, n in event["sizes"].items()}
