@@ -315,3 +315,15 @@ async def test_chat_api_batches_and_the_progress_line(tmp_path: Path) -> None:
     assert "tasks 40/40" in text
     run = orjson.loads((out / RUN_JSON).read_bytes())
     assert run["batch"]["waiting_s"] > 0 and run["batch"]["rounds"] >= 3
+
+
+@pytest.mark.parametrize(("key", "value"), [("mode", "batch"), ("batch_backend", "files"),
+                                            ("batch_dir", "/etc")])
+def test_serve_jobs_cannot_choose_batch_mode_or_a_batch_dir(tmp_path: Path, key: str,
+                                                           value: str) -> None:
+    from service.serve.jobs import build_job_config
+    from service.serve.policy import JobPolicy
+
+    with pytest.raises(ConfigError, match=f"'{key}' \\(from request body\\): not accepted"):
+        build_job_config({key: value, "target": 5}, run_dir=tmp_path, env={}, job_id="j1",
+                         policy=JobPolicy())
