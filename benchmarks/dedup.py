@@ -193,7 +193,7 @@ def plot(rows: list[list[object]]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--full", action="store_true", help="also admit 500,000")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)

@@ -126,7 +126,7 @@ def local_model(window_s: float) -> list[list[object]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="client throughput against the simulator")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="client throughput against the simulator")
     parser.add_argument("--quick", action="store_true", help="5 s windows, no local model")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)

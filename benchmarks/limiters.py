@@ -362,7 +362,7 @@ def conclusion(rpm: list[CaseResult], tpm: list[CaseResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="5 s windows (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)

@@ -160,7 +160,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--budget-target", type=int, default=1500)
     parser.add_argument("--scale-target", type=int, default=3000)
     parser.add_argument("--no-write", action="store_true")

@@ -260,7 +260,7 @@ def render(outcome: Outcome, figures: dict[str, Any], passed: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=30.0, help="run length (default 30)")
     parser.add_argument("--rpm", type=int, default=1200, help="client RPM limit (default 1200)")
     parser.add_argument("--max-in-flight", type=int, default=32)

@@ -376,7 +376,7 @@ def in_flight_rows(results: list[InFlightResult]) -> list[list[object]]:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short windows (smoke run)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the aiohttp-session row of (c)")

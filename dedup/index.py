@@ -36,6 +36,12 @@ Element = str | tuple[str, int]
 _EPSILON = 1e-9
 _REBUILD_MIN = 256
 _NO_ENTRIES: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+_NO_HITS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _unranked(entries: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """Indexes that cannot rank their candidates give each one hit."""
+    return entries, np.ones(entries.size, dtype=np.int64)
 
 
 def elements(code: str) -> list[tuple[str, int]]:
@@ -99,6 +105,10 @@ class CandidateIndex(Protocol):
         """Sorted, unique entry numbers."""
         ...
 
+    def candidate_hits(self, code: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """``candidates`` and, for each, how many probes found it (more: likelier match)."""
+        ...
+
 
 class PrefixIndex:
     """Exact candidate index by prefix filtering over token occurrences."""
@@ -139,17 +149,28 @@ class PrefixIndex:
             _post(postings, entry, self._prefix(code))
         self._postings = postings
 
-    def candidates(self, code: str) -> npt.NDArray[np.int32]:
+    def _probe(self, code: str) -> list[npt.NDArray[np.int32]]:
         postings = self._postings
         # Copies: a live buffer view would stop the array from growing later.
-        parts = [
+        return [
             np.frombuffer(bucket, dtype=np.int32).copy()
             for char, k in self._prefix(code)
             if (bucket := postings.get(element_key(char, k)))
         ]
+
+    def candidates(self, code: str) -> npt.NDArray[np.int32]:
+        parts = self._probe(code)
         if not parts:
             return _NO_ENTRIES
         return sorted_unique(np.concatenate(parts))
+
+    def candidate_hits(self, code: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        parts = self._probe(code)
+        if not parts:
+            return _NO_ENTRIES, _NO_HITS
+        counts = np.bincount(np.concatenate(parts))
+        entries = np.flatnonzero(counts).astype(np.int32)
+        return entries, counts[entries]
 
 
 class BruteIndex:
@@ -163,6 +184,9 @@ class BruteIndex:
 
     def candidates(self, code: str) -> npt.NDArray[np.int32]:
         return np.arange(len(self._codes), dtype=np.int32)
+
+    def candidate_hits(self, code: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        return _unranked(self.candidates(code))
 
 
 class LshIndex:
@@ -195,6 +219,9 @@ class LshIndex:
         found = np.array(self._lsh.query(self._signature(code)), dtype=np.int32)
         found.sort()
         return found
+
+    def candidate_hits(self, code: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        return _unranked(self.candidates(code))
 
 
 class FullIndex:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
+from dedup import INDEXES
 from dedup.index import (
     BruteIndex,
     CandidateIndex,
@@ -28,16 +29,17 @@ from dedup.index import (
 from dedup.rougel import Vocabulary
 from dedup.tokenize import get_tokenizer
 
-INDEXES = ("exact", "lsh64", "lsh128", "brute")
 _BOUND_SLACK = 1e-9
 _FIRST_PASS = 64
+_REJECTED_MEMO = 200_000  # rejected token strings remembered (a few tens of MB at most)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``score`` is the highest similarity found: exact whenever the candidate is rejected
-    or ``top_k`` > 0. ``match`` is the entry with that score (the earliest on ties) when
-    rejected. ``most_similar`` is the exact top-k (score > 0) for admitted candidates."""
+    """``score`` is the highest similarity found: for a rejection, the best of the
+    candidates scored before a match turned up (see ``Pool._first_matches``); for an
+    admission, exact when ``top_k`` > 0. ``match`` is the entry with that score (the
+    earliest on ties) when rejected. ``most_similar`` is the exact top-k (score > 0) for admitted candidates."""
 
     admitted: bool
     score: float
@@ -93,6 +95,11 @@ class Pool:
         else:
             raise ValueError(f"unknown index {index!r}: expected one of {', '.join(INDEXES)}")
         self._full = FullIndex() if (top_k or mean_similarity) else None
+        # Exact repeats are decided without the index: a repeat of an entry scores 1.0
+        # against it, and a repeat of a rejected candidate is rejected again (the pool
+        # only grows, so its match is still there).
+        self._entry_by_code: dict[str, int] = {}
+        self._rejected: dict[str, Decision] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -121,6 +128,7 @@ class Pool:
             grown[: self._code_array.size] = self._code_array
             self._code_array = grown
         self._code_array[entry] = code
+        self._entry_by_code.setdefault(code, entry)
         self._prefilter.add(entry, code)
         if self._full is not None:
             self._full.add(entry, code)
@@ -187,11 +195,61 @@ class Pool:
         """In order: a later candidate is checked against earlier admitted ones."""
         return [self.admit(text) for text in texts]
 
+    def _repeat(self, code: str) -> Decision | None:
+        """The decision for an exact repeat (same tokens) of an entry or of a rejected
+        candidate; None for anything new."""
+        if not code:
+            return None
+        entry = self._entry_by_code.get(code)
+        if entry is not None and (self.inclusive or self.threshold < 1.0):  # F = 1.0 is a match
+            return Decision(False, 1.0, self._texts[entry])
+        return self._rejected.get(code)
+
+    def _first_matches(self, code: str) -> list[tuple[int, float]]:
+        """Entries over the threshold among the first batch that holds any.
+
+        A rejection needs one match, not all: the candidates that the most probes found
+        (the likeliest near-duplicates) are scored first, and the rest only when none of
+        those matches. The decision is the same as scoring every candidate; the score and
+        match reported for a rejection are the best of the batch that decided it."""
+        n = len(code)
+        if n == 0 or not self._texts:
+            return []
+        entries, hits = self._prefilter.candidate_hits(code)
+        if entries.size == 0:
+            return []
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)[entries]
+        fits = 2 * np.minimum(lengths, n) / (lengths + n) >= self.threshold - _BOUND_SLACK
+        entries, hits, lengths = entries[fits], hits[fits], lengths[fits]
+        if entries.size > _FIRST_PASS:
+            # Which 64 of equally likely candidates come first does not matter: the best
+            # of a batch wins, the earliest entry on ties (``_decide``).
+            order = np.argpartition(-hits, _FIRST_PASS - 1)
+            batches = [order[:_FIRST_PASS], order[_FIRST_PASS:]]
+        else:
+            batches = [np.arange(entries.size)]
+        for batch in batches:
+            if batch.size == 0:
+                continue
+            scores = self._f_measures(code, entries[batch], lengths[batch])
+            over = scores >= self.threshold if self.inclusive else scores > self.threshold
+            found = np.flatnonzero(over)
+            if found.size:
+                return [(int(entries[batch[i]]), float(scores[i])) for i in found.tolist()]
+        return []
+
     def _decide(self, text: str, code: str) -> Decision:
-        hits = self.matches(code)
+        repeat = self._repeat(code)
+        if repeat is not None:
+            return repeat
+        hits = self._first_matches(code)
         if hits:
             entry, score = max(hits, key=lambda hit: (hit[1], -hit[0]))
-            return Decision(False, score, self._texts[entry])
+            decision = Decision(False, score, self._texts[entry])
+            if len(self._rejected) >= _REJECTED_MEMO:
+                del self._rejected[next(iter(self._rejected))]  # the oldest
+            self._rejected[code] = decision
+            return decision
         most_similar: tuple[tuple[str, float], ...] = ()
         mean: float | None = None
         if self._full is not None and code and self._texts:

@@ -15,6 +15,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 
+from dedup import TOKENIZERS
+
 Tokenizer = Callable[[str], list[str]]
 
 # Same patterns as rouge_score.tokenize (NON_ALPHANUM_RE, SPACES_RE, VALID_TOKEN_RE).
@@ -53,7 +55,6 @@ def _unicode_pattern() -> re.Pattern[str]:
     mark_class = "".join(marks)
     return re.compile(rf"[{_CHAR_SCRIPTS}]|(?:[^\W_{_CHAR_SCRIPTS}]|[{mark_class}])+")
 
-TOKENIZERS = ("rouge", "unicode")
 
 
 def rouge_tokens(text: str) -> list[str]:

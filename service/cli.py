@@ -1,8 +1,9 @@
 """Thin command line: parses arguments and hands them to the library.
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported lazily so ``selfinstruct --help`` stays fast
-and a command's heavy dependencies load only when it runs.
+``run(args) -> int``; only the module of the command being run is imported, so
+``selfinstruct --help`` stays fast and a command's heavy dependencies load only when it
+runs (tests/test_cli.py checks ``sys.modules``).
 """
 
 from __future__ import annotations
@@ -39,46 +40,55 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(module_name: str) -> CommandModule | None:
-    try:
-        return cast(CommandModule, importlib.import_module(module_name))
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None  # command not built yet
-        raise
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The command named on the line, found before parsing: the top-level parser has only
+    value-less options, so it is the first word that is not an option."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command is listed; only ``command``'s module is imported to add its flags,
+    so ``--help`` and every other command's start-up stay free of its imports. Prefix
+    matching is off everywhere: an abbreviation must never silently mean another flag."""
     parser = argparse.ArgumentParser(
         prog="selfinstruct",
         description="Async, high-throughput Self-Instruct data generation.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"selfinstruct {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(_module=module)
+    for name, (_, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text,
+                                        allow_abbrev=False)
+        if name == command:
+            load_command(name).add_arguments(command_parser)
     return parser
 
 
+def load_command(name: str) -> CommandModule:
+    return cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    module = getattr(args, "_module", None)
-    if module is None:
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = requested_command(words)
+    parser = build_parser(command)
+    args = parser.parse_args(words)
+    if command is None or args.command != command:
         parser.print_help()
         return 2
     try:
-        return int(module.run(args))
+        return int(load_command(command).run(args))
     except SelfInstructError as exc:
-        print(f"selfinstruct {args.command}: error: {safe_url(str(exc))}", file=sys.stderr)
+        print(f"selfinstruct {command}: error: {safe_url(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"selfinstruct {args.command}: interrupted", file=sys.stderr)
+        print(f"selfinstruct {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
+from service.llm.constants import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_REQUEST_TIMEOUT_S,
+)
 from service.secret import Secret as Secret  # re-exported: config users import it here
 from service.secret import safe_url
 
@@ -102,9 +108,9 @@ class Config:
     api: ApiKind = "completions"
     rpm: int | None = None
     tpm: int | None = None
-    max_in_flight: int = 256
-    request_timeout: float = 120.0
-    max_attempts: int = 6
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
     budget_usd: float | None = None
     max_total_tokens: int | None = None
@@ -116,9 +122,9 @@ class Config:
     classification_share: float = 0.0
     threshold: float = 0.7
     inclusive_threshold: bool = False
-    tokenizer: Literal["rouge", "unicode"] = "rouge"
+    tokenizer: TokenizerName = "rouge"
     # "brute" scores every pool entry, as the reference did (slow; for comparisons)
-    dedup_index: Literal["exact", "lsh64", "lsh128", "brute"] = "exact"
+    dedup_index: IndexName = "exact"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
@@ -286,8 +292,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             "api": get_args(ApiKind),
             "mode": get_args(RunMode),
             "batch_backend": get_args(BatchBackend),
-            "tokenizer": ("rouge", "unicode"),
-            "dedup_index": ("exact", "lsh64", "lsh128", "brute"),
+            "tokenizer": TOKENIZERS,
+            "dedup_index": INDEXES,
         }.get(name, ())
     if literal_args:
         if value not in literal_args:

@@ -286,3 +286,44 @@ def test_non_latin_text_with_both_tokenizers(a: str, b: str) -> None:
     unicode_pool = Pool(tokenizer="unicode")
     unicode_pool.add(a)
     assert not unicode_pool.check(b).admitted
+
+
+@pytest.mark.parametrize("index", ["exact", "brute"])
+def test_early_rejection_decides_as_scoring_every_candidate(index: str) -> None:
+    """A rejection stops at the first batch of candidates holding a match; the decision
+    must equal the one from every candidate's score, and the reported match must be real."""
+    rng = random.Random(21)
+    pool = Pool(0.7, index=index, top_k=0)
+    texts = _families(rng, 1500)
+    pool.preload(texts[:1200])  # large enough that queries meet > 64 candidates
+    queries = texts[1200:]
+    rejected = 0
+    for text in queries:
+        decision = pool.check(text)
+        every_match = pool.matches(pool.encode(text))
+        assert decision.admitted == (not every_match)
+        if not decision.admitted:
+            rejected += 1
+            assert decision.match is not None
+            assert reference_f(text, decision.match) == decision.score > 0.7
+    assert 0 < rejected < len(queries)
+
+
+def test_exact_repeats_are_decided_like_new_candidates() -> None:
+    """Repeats of entries and of rejected candidates skip the index; decisions must match
+    a pool that never saw the earlier copy."""
+    rng = random.Random(5)
+    texts = _families(rng, 400)
+    stream = texts + rng.sample(texts, 200)  # every one of the last 200 is a repeat
+    pool = Pool(0.7, top_k=0)
+    decisions = pool.admit_batch(stream)
+    for text, decision in zip(stream[400:], decisions[400:], strict=True):
+        assert not decision.admitted  # a repeat of an entry or of a rejected text
+        assert decision.match is not None
+        assert reference_f(text, decision.match) == decision.score > 0.7
+    fresh = Pool(0.7, top_k=0)
+    fresh.preload(pool.texts)
+    assert [fresh.check(t).admitted for t in stream[400:]] == [False] * 200
+    at_one = Pool(1.0, top_k=0)  # F = 1.0 is not above a threshold of 1.0
+    at_one.preload(["Write a poem."])
+    assert at_one.check("Write a poem.").admitted

@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from service.generate.orchestrator import run_generate
+from service.generate.pipeline import Pipeline
+from service.generate.seams import AdmissionBatch, CallFinished, PipelineObserver
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
@@ -149,3 +151,51 @@ async def test_cost_from_price_table_and_budget_stops_new_calls(sim: SimulatedSe
     # New calls stop at the cap; calls already in flight may finish a little past it.
     assert 0.05 <= usage["cost_usd"] < 0.5
     assert verify_run(out).ok
+
+
+class _Recorder(PipelineObserver):
+    """Every event a run reports, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[AdmissionBatch] = []
+        self.written: list[str] = []
+        self.calls: list[CallFinished] = []
+        self.stops: list[str] = []
+
+    def admission(self, batch: AdmissionBatch) -> None:
+        self.batches.append(batch)
+
+    def task_written(self, task_id: str) -> None:
+        self.written.append(task_id)
+
+    def call_finished(self, call: CallFinished) -> None:
+        self.calls.append(call)
+
+    def stop_requested(self, status: str) -> None:
+        self.stops.append(status)
+
+
+async def test_observer_sees_every_event_of_a_run(sim: SimulatedServer, tmp_path: Path) -> None:
+    """The pipeline's seam: an observer added before the run hears admissions (matching
+    instructions.jsonl), every written task (matching tasks.jsonl), every call and the
+    stop, and the limiter's wait callback hears every acquire."""
+    out = tmp_path / "run"
+    recorder = _Recorder()
+    waits: list[float] = []
+
+    def attach(pipeline: Pipeline) -> None:
+        pipeline.add_observer(recorder)
+        for limiter in pipeline.backend.limiters():
+            limiter.on_wait = waits.append
+
+    result = await run_generate(make_config(out, sim.base_url, target=12),
+                                install_signal_handlers=False, on_pipeline=attach)
+    assert result.summary.status == "finished"
+    assert recorder.written == [t["id"] for t in lines(out / TASKS)]
+    assert sum(b.admitted for b in recorder.batches) == len(lines(out / INSTRUCTIONS))
+    assert sum(b.candidates for b in recorder.batches) >= sum(b.admitted for b in recorder.batches)
+    assert all(b.seconds >= 0 for b in recorder.batches)
+    stages = {c.stage for c in recorder.calls if c.ok}
+    assert stages == {"instructions", "classify", "instances"}
+    assert recorder.stops[0] == "finished"
+    assert len(waits) >= len(recorder.calls) and all(w >= 0 for w in waits)

@@ -24,7 +24,7 @@ import orjson
 from service.config import FilterConfig
 from service.generate import filters
 from service.generate.orchestrator import run_generate
-from service.generate.pipeline import NEAR_DUPLICATE, TRUNCATED
+from service.generate.records import NEAR_DUPLICATE, TRUNCATED
 from service.generate.stages.instances import parse_input_first, parse_output_first
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run

@@ -43,6 +43,7 @@ from service.generate.orchestrator import run_generate
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
 from service.generate.stages import instructions as instruction_stage
+from service.llm.limiter import RateLimiter
 from service.rundir.seeds import default_seed_path, load_seed_tasks
 from service.rundir.store import INSTRUCTIONS, JSONL_FILES, REJECTED, RUN_JSON, SEEDS, TASKS, RunDir
 from service.rundir.verify import PARSE, verify_run
@@ -79,9 +80,8 @@ class RecordingBackend:
     inner: Any  # LLMBackend
     calls: list[Call] = field(default_factory=list)
 
-    @property
-    def _clients(self) -> Any:  # serve instruments the clients' limiters through this
-        return self.inner._clients
+    def limiters(self) -> list[RateLimiter]:  # serve times the limiters' waits through this
+        return list(self.inner.limiters())
 
     async def complete(self, stage: str, prompts: Sequence[StagePrompt],
                        sampling: Sampling) -> list[Choice]:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from service.errors import BudgetExceeded, ConfigError, LLMError
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
 from service.llm.accounting import percentile
+from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
 from service.llm.errors import (
     ClientRequestError,
     ConnectionFailed,
@@ -54,8 +55,6 @@ DEFAULT_DURATION_S = 10.0
 DEFAULT_CONCURRENCY = 64
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_PROMPT_TOKENS = 32
-DEFAULT_MAX_ATTEMPTS = 6  # as generate
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
 ERROR_SAMPLES = 5
 ABORT_AFTER_FAILURES = 20  # ... when every call so far failed in one of these ways:
 HOPELESS = (ClientRequestError.kind, ContextLengthError.kind, ConnectionFailed.kind)
@@ -253,6 +252,7 @@ class TracingLimiter(RateLimiter):
         self.attempts_by_task: Counter[asyncio.Task[Any]] = Counter()
         self.max_seen = 0
         self.on_send: Callable[[], None] | None = None  # called in the sending task
+        self.on_release = self._off_wire
 
     async def acquire(self, tokens: int = 0) -> Permit:
         if self.stopped:
@@ -272,8 +272,7 @@ class TracingLimiter(RateLimiter):
             self.on_send()
         return permit
 
-    def _release(self) -> None:  # called by Permit.release, in the task that holds it
-        super()._release()
+    def _off_wire(self) -> None:  # called by Permit.release, in the task that holds it
         task = asyncio.current_task()
         if task is not None:
             self.on_wire.discard(task)

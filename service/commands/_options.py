@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dedup import INDEXES, TOKENIZERS
 from service.config import RANGES, Config, load_config
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
@@ -61,8 +62,8 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", metavar="INT", help="makes sampling and prompts repeatable (whole runs repeat with --max-in-flight 1)")
     parser.add_argument("--threshold", metavar="F", help="ROUGE-L threshold (reject when above)")
     parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")
-    parser.add_argument("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L tokenizer")
-    parser.add_argument("--dedup-index", choices=["exact", "lsh64", "lsh128", "brute"], help="dedup prefilter (brute: score every entry, as the reference did)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, help="ROUGE-L tokenizer")
+    parser.add_argument("--dedup-index", choices=INDEXES, help="dedup prefilter (brute: score every entry, as the reference did)")
     parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
     parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
     parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")

@@ -14,15 +14,14 @@ import orjson
 
 from service.bench.loadtest import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT_TOKENS,
-    DEFAULT_REQUEST_TIMEOUT_S,
     BenchSettings,
     run_bench,
 )
 from service.errors import ConfigError
 from service.llm import Secret, install_uvloop
+from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
 from service.progress import Progress
 
 API_KEY_ENV = "OPENAI_API_KEY"

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from dedup.pool import INDEXES
-from dedup.tokenize import TOKENIZERS
+from dedup import INDEXES, TOKENIZERS
 from service.errors import ConfigError
 from service.file_filter import DedupCounts, ProgressBar, dedup_file
 

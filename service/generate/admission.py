@@ -12,7 +12,7 @@ from typing import Any
 
 from dedup.pool import Pool
 from service.config import Config
-from service.generate.pipeline import Admission, AdmitFn
+from service.generate.seams import AdmitFn, DedupDecision
 
 
 def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequence[str]) -> Pool:
@@ -30,9 +30,9 @@ def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequen
     return pool
 
 
-def _to_admission(decision: Any) -> Admission:
+def _to_admission(decision: Any) -> DedupDecision:
     most_similar = {str(text): round(float(score), 6) for text, score in decision.most_similar}
-    return Admission(
+    return DedupDecision(
         admitted=bool(decision.admitted),
         score=float(decision.score),
         match=decision.match,
@@ -43,7 +43,7 @@ def _to_admission(decision: Any) -> Admission:
 def make_admit(config: Config, seed_texts: Sequence[str], admitted_texts: Sequence[str]) -> AdmitFn:
     pool = build_pool(config, seed_texts, admitted_texts)
 
-    def admit(texts: Sequence[str]) -> list[Admission]:
+    def admit(texts: Sequence[str]) -> list[DedupDecision]:
         return [_to_admission(d) for d in pool.admit_batch(list(texts))]
 
     return admit

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from service.llm.limiter import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -57,4 +60,9 @@ class Backend(Protocol):
 
     def snapshot(self) -> dict[str, Any]:
         """Usage, requests by outcome, cost, in-flight: for run.json and progress."""
+        ...
+
+    def limiters(self) -> list[RateLimiter]:
+        """The rate limiters the backend's calls wait in (one per endpoint), for
+        observers such as the worker's metrics; empty if it has none."""
         ...

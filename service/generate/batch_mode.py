@@ -40,13 +40,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from service import __version__
 from service.config import Config
 from service.errors import ConfigError, InputError, RunDirError, SelfInstructError
 from service.generate.admission import make_admit
@@ -60,8 +58,19 @@ from service.generate.batch_transport import (
 )
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.llm_backend import DEFAULT_MODEL, prices_of
-from service.generate.pipeline import AdmitFn, RunSummary, seeds_for_run
 from service.generate.plan import plan_for_run
+from service.generate.records import (
+    NEAR_DUPLICATE,
+    TRUNCATED,
+    RunState,
+    RunSummary,
+    instruction_record,
+    rejection_record,
+    run_json,
+    task_record,
+)
+from service.generate.resume import seeds_for_run
+from service.generate.seams import AdmitFn, PendingTask
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
 from service.generate.stages import instructions as instruction_stage
@@ -95,9 +104,6 @@ from service.rundir.batch_journal import (
 from service.rundir.seeds import SeedTask
 from service.rundir.store import INSTRUCTIONS, REJECTED, TASKS, RunDir
 
-# Same reasons as online mode writes (one name, one meaning in rejected.jsonl)
-TRUNCATED = "truncated_response"
-NEAR_DUPLICATE = "near_duplicate"
 RUN_FILES = (TASKS, INSTRUCTIONS, REJECTED)
 MAX_LINE_ATTEMPTS = 8  # a custom_id failed this often is given up (its task stays pending)
 MAX_IDLE_ROUNDS = 50  # rounds in a row with no new admission and no new task: give up
@@ -105,35 +111,6 @@ START_ADMITTED_PER_REQUEST = 4.0  # until the first round measures it
 START_SUCCESS_RATE = 0.9
 SUPPLY_MARGIN = 1.1  # instruction requests: a round too few costs a whole turnaround
 ADVANCE_MARGIN = 1.0  # admitted tasks sent on to classify/instances: each one costs money
-
-
-@dataclass
-class BatchCounters:
-    """run.json counters (the same names online mode uses, plus batch ones)."""
-
-    tasks_written: int = 0
-    instructions_admitted: int = 0
-    rejected: int = 0
-    candidates_seen: int = 0
-    instruction_requests: int = 0
-    truncated_responses: int = 0
-    classify_unparsed: int = 0
-    classified_yes: int = 0
-    llm_failures: int = 0
-    resumed_pending: int = 0
-    rejected_by_reason: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "rejected_by_reason"}
-        data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
-        return data
-
-
-@dataclass
-class PendingTask:
-    id: str
-    instruction: str
-    most_similar: dict[str, float]
 
 
 class BatchRun:
@@ -153,7 +130,7 @@ class BatchRun:
         self.on_progress = on_progress
         self.accounting = Accounting(prices_of(config), BudgetSettings(
             max_total_tokens=config.max_total_tokens, budget_usd=config.budget_usd))
-        self.state = BatchCounters()
+        self.state = RunState()
         self.status = "running"
         self.started = time.monotonic()
         self.machine_instructions: list[str] = []
@@ -524,9 +501,8 @@ class BatchRun:
                                  matched=decision.match, score=decision.score)
                     continue
                 task = PendingTask(self._new_task_id(), text, decision.most_similar)
-                self.run_dir.append(INSTRUCTIONS, {
-                    "id": task.id, "instruction": text, "most_similar": decision.most_similar,
-                    "max_score": decision.score, "source": source})
+                self.run_dir.append(INSTRUCTIONS, instruction_record(
+                    task.id, text, decision.most_similar, decision.score, source))
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
                 self.pending[task.id] = task
@@ -582,15 +558,11 @@ class BatchRun:
                 continue
             if self.remaining == 0:
                 continue  # the target is reached: leave it pending, do not overshoot
-            model = self.config.stage("instructions").model or self.config.model or DEFAULT_MODEL
-            self.run_dir.append(TASKS, {
-                "id": task.id, "instruction": task.instruction, "is_classification": is_cls,
-                "instances": [{"input": i.input, "output": i.output} for i in verdict.kept],
-                "most_similar": task.most_similar,
-                "meta": {"model": model, "stage_models": {
-                    s: self.config.stage(s).model or self.config.model or DEFAULT_MODEL
-                    for s in ("classify", "instances")}, "mode": "batch"},
-            })
+            models = {stage: self.config.stage(stage).model or self.config.model
+                      or DEFAULT_MODEL for stage in ("instructions", "classify", "instances")}
+            self.run_dir.append(TASKS, task_record(task.id, task.instruction, is_cls,
+                                                   list(verdict.kept), task.most_similar,
+                                                   models))
             self.state.tasks_written += 1
             self._finish(task.id, written=True)
 
@@ -611,11 +583,8 @@ class BatchRun:
 
     def _reject(self, stage: str, reason: str, text: str, *, task_level: bool,
                 **extra: Any) -> None:
-        record: dict[str, Any] = {"stage": stage, "reason": reason, "text": text}
-        if task_level:
-            record["task_level"] = True
-        record.update({k: v for k, v in extra.items() if v is not None and v != ""})
-        self.run_dir.append(REJECTED, record)
+        self.run_dir.append(REJECTED, rejection_record(stage, reason, text,
+                                                       task_level=task_level, **extra))
         self.state.rejected += 1
         self.state.rejected_by_reason[reason] += 1
 
@@ -681,12 +650,10 @@ class BatchRun:
         return snap
 
     def run_json(self) -> dict[str, Any]:
-        return {
-            "version": __version__, "status": self.status, "mode": "batch",
-            "config": self.config.redacted(), "counters": self.state.as_dict(),
-            "usage": self.usage(), "batch": self.batch_snapshot(), "plan": self.plan,
-            "timings": {"elapsed_s": round(time.monotonic() - self.started, 3)},
-        }
+        data = run_json(self.status, self.config.redacted(), self.state, self.usage(),
+                        time.monotonic() - self.started)
+        data.update({"mode": "batch", "batch": self.batch_snapshot(), "plan": self.plan})
+        return data
 
     def write_run_json(self) -> None:
         self.run_dir.write_run_json(self.run_json())

@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from dedup.pool import Pool
 from service.config import Config
 from service.errors import ConfigError
-from service.generate.pipeline import Admission, AdmitFn, PendingTask
+from service.generate.seams import AdmitFn, DedupDecision, PendingTask
 from service.llm.limiter import LimiterSettings, Permit, RateLimiter
 from service.rundir.seeds import SeedTask
 from service.rundir.store import (
@@ -250,8 +250,8 @@ class SharedRateLimiter(RateLimiter):
         self._background: set[asyncio.Task[None]] = set()
         self.shared_waits = 0
 
-    async def acquire(self, tokens: int = 0) -> Permit:
-        permit = await super().acquire(tokens)
+    async def wait_for_permit(self, tokens: int = 0) -> Permit:
+        permit = await super().wait_for_permit(tokens)
         if not (self.shared.rpm or self.shared.tpm):
             return permit
         try:
@@ -463,7 +463,7 @@ class _Admitter:
             added += 1
         return added
 
-    def __call__(self, texts: Sequence[str]) -> list[Admission]:
+    def __call__(self, texts: Sequence[str]) -> list[DedupDecision]:
         while True:
             self.catch_up()
             decisions, admitted = self._decide(texts)
@@ -482,23 +482,23 @@ class _Admitter:
                 return decisions
             self.coordinator.conflicts += 1  # another process appended first: decide again
 
-    def _decide(self, texts: Sequence[str]) -> tuple[list[Admission], list[int]]:
+    def _decide(self, texts: Sequence[str]) -> tuple[list[DedupDecision], list[int]]:
         """Candidates against the replica and, in order, against earlier admitted
         candidates of the same batch (kept apart until the append succeeds)."""
         batch = self._new_pool(top_k=0)
-        decisions: list[Admission] = []
+        decisions: list[DedupDecision] = []
         admitted: list[int] = []
         for index, text in enumerate(texts):
             main = self.pool.check(text)
             if not main.admitted:
-                decisions.append(Admission(False, main.score, main.match, {}))
+                decisions.append(DedupDecision(False, main.score, main.match, {}))
                 continue
             local = batch.admit(text)
             if not local.admitted:
-                decisions.append(Admission(False, local.score, local.match, {}))
+                decisions.append(DedupDecision(False, local.score, local.match, {}))
                 continue
             similar = {t: round(s, 6) for t, s in main.most_similar}
-            decisions.append(Admission(True, main.score, None, similar))
+            decisions.append(DedupDecision(True, main.score, None, similar))
             admitted.append(index)
         return decisions, admitted
 

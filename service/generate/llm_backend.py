@@ -93,6 +93,9 @@ class LLMBackend:
             self.accounting.record_stage(stage, u.prompt_tokens, u.completion_tokens,
                                          u.cached_tokens)
 
+    def limiters(self) -> list[RateLimiter]:
+        return [client.limiter for client in self._clients.values()]
+
     def snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = dict(self.accounting.snapshot())
         snap["total_tokens"] = self.accounting.total_tokens

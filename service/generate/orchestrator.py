@@ -21,7 +21,9 @@ from service.config import Config, StageConfig
 from service.errors import ConfigError, SelfInstructError
 from service.generate.admission import make_admit
 from service.generate.backend import Backend
-from service.generate.pipeline import Pipeline, RunSummary, seeds_for_run
+from service.generate.pipeline import Pipeline
+from service.generate.records import RunSummary
+from service.generate.resume import seeds_for_run
 from service.progress import Progress, status_line
 from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.rundir.store import TASKS, RunDir
@@ -197,7 +199,7 @@ def _line(pipeline: Pipeline, start_written: int) -> str:
 def _on_signal(pipeline: Pipeline, progress: Progress) -> None:
     if pipeline.status == "interrupted":
         # A second Ctrl-C: stop now; everything written so far stays written.
-        pipeline._request_stop("interrupted")
+        pipeline.request_stop("interrupted")
         return
     progress.message("stopping: finishing in-flight work (Ctrl-C again to stop now)")
     pipeline.request_drain()

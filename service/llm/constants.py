@@ -1,4 +1,4 @@
-"""Every default of the LLM client in one place."""
+"""Every default of the LLM client in one place (service.config reads its own from here)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ CONTEXT_SHRINK_FACTOR = 0.8
 MAX_RETRY_AFTER_S = 120.0  # a server asking for more is capped (and the deadline still rules)
 
 # Timeouts
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_REQUEST_TIMEOUT_S = 120.0  # generous: long instruction lists on slow endpoints
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15.0  # idle pooled connections are closed after this (aiohttp's default)
 DEFAULT_DEADLINE_S = 600.0
 
 # Limiter
-DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_BURST_SECONDS = 1.0  # bucket capacity = this many seconds of rate (smooth start)
 MIN_BURST_REQUESTS = 1.0
 RATE_DECREASE_FACTOR = 0.5  # multiplicative decrease on 429

@@ -81,6 +81,12 @@ RETRYABLE: tuple[type[LLMError], ...] = (
 )
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """A 4xx other than 429 (bad key, unknown model, bad request) will not get better; a
+    too-long prompt is the request's problem (it is shrunk and retried), not fatal."""
+    return isinstance(exc, ClientRequestError) and not isinstance(exc, ContextLengthError)
+
+
 def error_kind(exc: BaseException) -> str:
     """Short stable name for accounting: 'rate_limited', 'timeout', ..."""
     return str(getattr(exc, "kind", type(exc).__name__))
@@ -99,4 +105,5 @@ __all__ = [
     "RetriesExhausted",
     "ServerError",
     "error_kind",
+    "is_fatal",
 ]

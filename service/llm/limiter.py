@@ -102,10 +102,16 @@ class _Bucket:
 
 class RateLimiter:
     def __init__(
-        self, settings: LimiterSettings, *, clock: Callable[[], float] = time.monotonic
+        self, settings: LimiterSettings, *, clock: Callable[[], float] = time.monotonic,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
+        # Told how long each acquire waited (slot and rate), e.g. by the worker's metrics.
+        self.on_wait = on_wait
+        # Called when a permit is released, in the task that held it (e.g. a load test's
+        # count of requests on the wire).
+        self.on_release: Callable[[], None] | None = None
         # The request bucket starts with one request, not a full burst: the first call goes
         # at once and the next ones are paced from the start (a full bucket would send
         # burst_seconds of requests in the first instant).
@@ -142,7 +148,16 @@ class RateLimiter:
         return max(0.0, self._paused_until - self._clock())
 
     async def acquire(self, tokens: int = 0) -> Permit:
-        """Wait for a slot, then for rate; returns a :class:`Permit` to release."""
+        """Wait for a slot, then for rate; returns a :class:`Permit` to release. The
+        time waited goes to ``on_wait``."""
+        started = self._clock()
+        permit = await self.wait_for_permit(tokens)
+        if self.on_wait is not None:
+            self.on_wait(max(0.0, self._clock() - started))
+        return permit
+
+    async def wait_for_permit(self, tokens: int = 0) -> Permit:
+        """:meth:`acquire` without reporting the wait (subclasses extend this)."""
         # Slot first, then rate: rate taken while waiting for a slot would be wasted.
         await self._slots.acquire()
         try:
@@ -313,6 +328,8 @@ class RateLimiter:
     def _release(self) -> None:
         self.in_flight -= 1
         self._slots.release()
+        if self.on_release is not None:
+            self.on_release()
 
     def snapshot(self) -> dict[str, Any]:
         return {

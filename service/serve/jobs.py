@@ -537,13 +537,7 @@ class JobService:
         job.baseline = Baseline.of(pipeline)
         pipeline.drain_timeout_s = self.drain_timeout_s
         if self.metrics is not None:
-            # The pipeline calls its admit function from the dedup thread; wrap it to
-            # time every admission batch (no hook for this in the pipeline itself).
-            pipeline._admit = self.metrics.timed_admit(pipeline._admit)
-            # Time the rate limiter's waits: the production backend keeps one client
-            # (with its limiter) per endpoint; nothing has called acquire yet.
-            for client in getattr(pipeline.backend, "_clients", {}).values():
-                self.metrics.instrument_limiter(getattr(client, "limiter", None))
+            self.metrics.observe(pipeline)
         if job.cancel_requested or self.draining:
             pipeline.drain_timeout_s = min(self.drain_timeout_s, CANCEL_GRACE_S)
             pipeline.request_drain()

@@ -3,8 +3,8 @@
 Two kinds of metric:
 
 * observed as they happen: HTTP requests to the API (by method, route and status),
-  the dedup admission latency (the pipeline's admit call, timed by wrapping it) and the
-  rate limiter's wait (the client's ``limiter.acquire``, timed by wrapping it);
+  the dedup admission latency (the pipeline's ``admission`` event, timed in the dedup
+  thread) and the rate limiter's wait (each limiter's ``on_wait`` callback);
 * read at scrape time from every job this process ran (:class:`JobCollector`): LLM
   requests by outcome, tokens, cost, retries, instructions admitted, tasks written,
   rejections by reason, in-flight requests and queue depths, jobs by status.
@@ -16,9 +16,8 @@ pipeline that ends hands its final contribution to a retired total.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,8 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.generate.pipeline import Admission, AdmitFn, Pipeline
+from service.generate.pipeline import Pipeline
+from service.generate.seams import AdmissionBatch, PipelineObserver
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -109,12 +109,6 @@ def _limiter_queued(limiter: Any) -> int:
     return sum(_limiter_queued(v) for v in limiter.values())  # one limiter per endpoint
 
 
-def _queue_size(pipeline: Pipeline, name: str) -> int:
-    queue = getattr(pipeline, name, None)
-    qsize = getattr(queue, "qsize", None)
-    return int(qsize()) if callable(qsize) else 0
-
-
 def pipeline_totals(pipeline: Pipeline, baseline: Baseline) -> Totals:
     """What one live pipeline has done in this process, plus its current gauges."""
     state = pipeline.state
@@ -140,9 +134,8 @@ def pipeline_totals(pipeline: Pipeline, baseline: Baseline) -> Totals:
         rejections_by_reason=+rejections,  # drop zero/negative entries
         in_flight=_int(usage.get("in_flight")),
         limiter_queued=_limiter_queued(usage.get("limiter")),
-        # Private queues of the pipeline, read defensively: 0 if they are renamed.
-        candidates_queued=_int(getattr(pipeline, "_queued_candidates", 0)),
-        tasks_queued=_queue_size(pipeline, "_admitted"),
+        candidates_queued=pipeline.candidates_queued,
+        tasks_queued=pipeline.tasks_queued,
     )
     return totals
 
@@ -284,36 +277,20 @@ class ServeMetrics:
         return generate_latest(self.registry)
 
     # ------------------------------------------------------------------ instrumentation
-    def timed_admit(self, admit: AdmitFn) -> AdmitFn:
-        """Wrap a pipeline's admit function (it runs in the dedup thread; the
-        histogram is thread-safe)."""
-        histogram = self.dedup_latency
-        candidates = self.dedup_candidates
+    def observe(self, pipeline: Pipeline) -> None:
+        """Subscribe to a pipeline's admissions and its backend's limiter waits (called
+        before the pipeline runs)."""
+        pipeline.add_observer(_DedupTimer(self))
+        for limiter in pipeline.backend.limiters():
+            limiter.on_wait = self.limiter_wait.observe
 
-        def admit_timed(texts: Sequence[str]) -> list[Admission]:
-            start = time.perf_counter()
-            try:
-                return admit(texts)
-            finally:
-                histogram.observe(time.perf_counter() - start)
-                candidates.inc(len(texts))
 
-        return admit_timed
+class _DedupTimer(PipelineObserver):
+    """The dedup histograms, fed by the pipeline's admission events."""
 
-    def instrument_limiter(self, limiter: Any) -> bool:
-        """Time ``limiter.acquire`` on this one limiter object (not its class).
-        Returns False (and changes nothing) if it has no ``acquire``."""
-        original = getattr(limiter, "acquire", None)
-        if original is None or getattr(original, "_selfinstruct_timed", False):
-            return False
-        histogram = self.limiter_wait
+    def __init__(self, metrics: ServeMetrics) -> None:
+        self.metrics = metrics
 
-        async def acquire_timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            permit = await original(*args, **kwargs)
-            histogram.observe(time.perf_counter() - start)
-            return permit
-
-        acquire_timed._selfinstruct_timed = True  # type: ignore[attr-defined]
-        setattr(limiter, "acquire", acquire_timed)  # noqa: B010 - instance attribute on purpose
-        return True
+    def admission(self, batch: AdmissionBatch) -> None:
+        self.metrics.dedup_latency.observe(batch.seconds)
+        self.metrics.dedup_candidates.inc(batch.candidates)
