@@ -327,3 +327,32 @@ def test_serve_jobs_cannot_choose_batch_mode_or_a_batch_dir(tmp_path: Path, key:
     with pytest.raises(ConfigError, match=f"'{key}' \\(from request body\\): not accepted"):
         build_job_config({key: value, "target": 5}, run_dir=tmp_path, env={}, job_id="j1",
                          policy=JobPolicy())
+
+
+async def test_batch_timeout_cancels_and_resubmits_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    slow = BatchSimSettings(turnaround_s=2.0, seed=2)
+    async with _sim(slow) as sim:
+        config = make_config(out, sim.base_url, target=15, seed=1, mode="batch",
+                             batch_poll_seconds=0.05, batch_timeout=1.0)
+        result = await run_generate(config, install_signal_handlers=False)
+        statuses = Counter(b.status for b in sim.batch.batches.values())
+        _paid_once(sim, out)
+    assert result.summary.status == "finished"
+    assert statuses["cancelled"] >= 1  # cancelled at the timeout, with partial output
+    assert verify_run(out).ok
+
+
+async def test_budget_stops_new_rounds(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    async with _sim() as sim:
+        config = dataclasses.replace(
+            make_config(out, sim.base_url, target=500, seed=1, mode="batch",
+                        batch_poll_seconds=0.02, budget_usd=0.01),
+            prices={"sim": (10.0, 10.0)})
+        result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "budget"
+    run = orjson.loads((out / RUN_JSON).read_bytes())
+    assert run["batch"]["rounds"] == 1  # the first round's answers crossed the budget
+    assert run["usage"]["cost_usd"] >= 0.01
+    assert verify_run(out).ok
