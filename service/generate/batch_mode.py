@@ -33,10 +33,8 @@ import asyncio
 import contextlib
 import math
 import os
-import random
 import signal
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +46,7 @@ import orjson
 from service.config import Config
 from service.errors import ConfigError, InputError, RunDirError, SelfInstructError
 from service.generate.admission import make_admit
-from service.generate.backend import StagePrompt
+from service.generate.batch_requests import BatchRequests, split_files
 from service.generate.batch_transport import (
     BatchTransport,
     FilesTransport,
@@ -77,8 +75,6 @@ from service.generate.stages import instructions as instruction_stage
 from service.generate.templates import Templates, load_templates
 from service.llm.accounting import Accounting, BudgetSettings
 from service.llm.batch import (
-    CHAT,
-    COMPLETIONS,
     TERMINAL,
     BatchClient,
     LineResult,
@@ -86,7 +82,6 @@ from service.llm.batch import (
     iter_lines,
     parse_result_file,
     request_line,
-    split_requests,
 )
 from service.llm.usage import usage_of
 from service.progress import Progress, format_count, format_duration
@@ -134,10 +129,7 @@ class BatchRun:
         self.status = "running"
         self.started = time.monotonic()
         self.machine_instructions: list[str] = []
-        self.seed_instructions = [t.instruction for t in self.seeds]
-        self.classify_examples = classify_stage.pick_classify_examples(self.seeds)
-        self.input_first_examples = instance_stage.pick_instance_examples(self.seeds, False, 4)
-        self.output_first_examples = instance_stage.pick_instance_examples(self.seeds, True, 3)
+        self.requests = BatchRequests(config, self.seeds, self.templates)
         self.pending: dict[str, PendingTask] = {}  # admitted, not written nor dropped
         self._next_task_number = 1
         self._drain = asyncio.Event()
@@ -199,79 +191,6 @@ class BatchRun:
         return max(0.2, self._admitted_from_requests / self._requests_answered)
 
     # ------------------------------------------------------------------ requests
-    def _body(self, stage: str, prompt: StagePrompt, stop: Sequence[str],
-              custom_id: str) -> tuple[str, dict[str, Any]]:
-        """(endpoint, body) as the online backend would send it for one prompt."""
-        sc = self.config.stage(stage)
-        body: dict[str, Any] = {
-            "model": sc.model or self.config.model or DEFAULT_MODEL,
-            "max_tokens": sc.max_tokens, "temperature": sc.temperature, "top_p": sc.top_p,
-        }
-        if sc.presence_penalty:
-            body["presence_penalty"] = sc.presence_penalty
-        if sc.frequency_penalty:
-            body["frequency_penalty"] = sc.frequency_penalty
-        if stop:
-            body["stop"] = list(stop)
-        # A seed per custom_id: the same request asks the same thing whenever it is sent.
-        body["seed"] = self.config.seed * 1_000_003 + zlib.crc32(custom_id.encode())
-        if (sc.api or self.config.api) == "chat":
-            messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-            messages.append({"role": "user", "content": prompt.text})
-            body["messages"] = messages
-            return CHAT, body
-        body["prompt"] = prompt.text
-        return COMPLETIONS, body
-
-    def _instruction_lines(self, number: int, count: int) -> list[tuple[dict[str, Any], str,
-                                                                        dict[str, Any]]]:
-        rng = random.Random(f"{self.config.seed}:round:{number}")
-        out = []
-        cls_seeds = [t.instruction for t in self.seeds if t.is_classification]
-        for i in range(count):
-            classification = rng.random() < self.config.classification_share
-            seeds = (cls_seeds or self.seed_instructions) if classification \
-                else self.seed_instructions
-            examples, n_seed, n_machine = instruction_stage.choose_examples(
-                seeds, self.machine_instructions, rng,
-                total=self.config.num_prompt_instructions,
-                machine_wanted=self.config.num_machine_instructions)
-            prompt = instruction_stage.build_instruction_prompt(
-                examples, self.templates, classification=classification,
-                seed_count=n_seed, machine_count=n_machine)
-            cid = f"r{number:06d}-i{i:06d}"
-            endpoint, body = self._body(
-                "instructions", StagePrompt(prompt.text, self.templates.instructions_chat_system),
-                instruction_stage.stop_sequences(prompt.next_number), cid)
-            item = {"custom_id": cid, "stage": "instructions", "seed_examples": n_seed,
-                    "machine_examples": n_machine, "classification_prompt": classification}
-            out.append((item, endpoint, body))
-        return out
-
-    def _classify_line(self, task: PendingTask) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        cid = f"{task.id}-classify"
-        prompt = classify_stage.build_classify_prompt(self.classify_examples, task.instruction,
-                                                      self.templates)
-        endpoint, body = self._body(
-            "classify", StagePrompt(prompt, self.templates.classify_chat_system), ["\n"], cid)
-        return {"custom_id": cid, "stage": "classify", "task": task.id}, endpoint, body
-
-    def _instances_line(self, task: PendingTask,
-                        is_cls: bool) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        cid = f"{task.id}-instances"
-        if is_cls:
-            prompt = instance_stage.build_output_first_prompt(
-                self.output_first_examples, task.instruction, self.templates)
-        else:
-            prompt = instance_stage.build_input_first_prompt(
-                self.input_first_examples, task.instruction, self.templates)
-        endpoint, body = self._body(
-            "instances", StagePrompt(prompt, self.templates.instances_chat_system),
-            ["\nTask:", "\n\n\n"], cid)
-        item = {"custom_id": cid, "stage": "instances", "task": task.id,
-                "is_classification": is_cls}
-        return item, endpoint, body
-
     def _stuck(self, task_id: str) -> bool:
         view = self.journal.view
         return any(view.attempts.get(f"{task_id}-{s}", 0) >= MAX_LINE_ATTEMPTS
@@ -286,7 +205,7 @@ class BatchRun:
         retry = sorted(cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS)
         if retry:
             originals = self._original_lines(retry)
-            files += self._split([(item, ep, raw) for item, ep, raw in originals])
+            files += split_files(originals, self.config.batch_max_requests)
         new: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         rate = self._success_rate()
         # Advance only as many admitted tasks as the target needs (oldest first): extra
@@ -300,9 +219,9 @@ class BatchRun:
             supply += 1
             if task_id in view.classified:
                 if f"{task_id}-instances" not in prepared:
-                    new.append(self._instances_line(task, view.classified[task_id]))
+                    new.append(self.requests.instances_line(task, view.classified[task_id]))
             elif f"{task_id}-classify" not in prepared:
-                new.append(self._classify_line(task))
+                new.append(self.requests.classify_line(task))
         deficit = self.remaining - supply * rate
         count = 0
         if deficit > 0:
@@ -310,24 +229,10 @@ class BatchRun:
         if self.remaining and not new and not retry:
             count = max(count, 1)
         count = min(count, self.config.batch_max_requests)
-        new = self._instruction_lines(number, count) + new
-        files += self._split([(item, ep, request_line(item["custom_id"], ep, body))
-                              for item, ep, body in new])
+        new = self.requests.instruction_lines(number, count, self.machine_instructions) + new
+        files += split_files([(item, ep, request_line(item["custom_id"], ep, body))
+                              for item, ep, body in new], self.config.batch_max_requests)
         return files
-
-    def _split(self, lines: list[tuple[dict[str, Any], str, bytes]]
-               ) -> list[list[tuple[dict[str, Any], str, bytes]]]:
-        """One endpoint per file; each file within the provider's limits."""
-        out = []
-        for endpoint in (COMPLETIONS, CHAT):
-            mine = [line for line in lines if line[1] == endpoint]
-            if not mine:
-                continue
-            by_raw = {id(line[2]): line for line in mine}
-            for chunk in split_requests([line[2] for line in mine],
-                                        self.config.batch_max_requests):
-                out.append([by_raw[id(raw)] for raw in chunk])
-        return out
 
     def _original_lines(self, custom_ids: Sequence[str]
                         ) -> list[tuple[dict[str, Any], str, bytes]]:
@@ -473,7 +378,8 @@ class BatchRun:
         candidates: list[tuple[str, dict[str, Any]]] = []
         for result, item in results:
             self.state.instruction_requests += 1
-            text, finish = first_choice(result.body or {}, self._chat(item))
+            text, finish = first_choice(result.body or {},
+                                        self.requests.chat(str(item["stage"])))
             if finish == "length":
                 self.state.truncated_responses += 1
                 self._reject("instructions", TRUNCATED, text[:2000], task_level=False)
@@ -516,7 +422,8 @@ class BatchRun:
             task = self.pending.get(str(item["task"]))
             if task is None:
                 continue  # finished meanwhile (an earlier run)
-            text, finish = first_choice(result.body or {}, self._chat(item))
+            text, finish = first_choice(result.body or {},
+                                        self.requests.chat(str(item["stage"])))
             answer = classify_stage.parse_classify_answer(text)
             if answer is None and finish == "length":
                 self.state.truncated_responses += 1
@@ -538,7 +445,8 @@ class BatchRun:
             if task is None:
                 continue
             is_cls = bool(item.get("is_classification"))
-            text, finish = first_choice(result.body or {}, self._chat(item))
+            text, finish = first_choice(result.body or {},
+                                        self.requests.chat(str(item["stage"])))
             if finish == "length":
                 self.state.truncated_responses += 1
                 self._reject("instances", TRUNCATED, task.instruction, task_level=True,
@@ -565,10 +473,6 @@ class BatchRun:
                                                    models))
             self.state.tasks_written += 1
             self._finish(task.id, written=True)
-
-    def _chat(self, item: dict[str, Any]) -> bool:
-        sc = self.config.stage(str(item["stage"]))
-        return (sc.api or self.config.api) == "chat"
 
     def _finish(self, task_id: str, *, written: bool) -> None:
         self.pending.pop(task_id, None)
