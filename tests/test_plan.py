@@ -34,10 +34,13 @@ async def test_calibrated_plan_within_20_percent_of_the_run(tmp_path: Path, mode
         config = make_config(tmp_path / "run", sim.base_url, target=400, seed=3, mode=mode,
                              batch_poll_seconds=0.02)
         plan = estimate(config, load_seeds(config), calibrate(tmp_path / "pilot"))
+        uncalibrated = estimate(config, load_seeds(config))
         await run_generate(config, install_signal_handlers=False)
     run = orjson.loads((tmp_path / "run" / RUN_JSON).read_bytes())
     used = run["usage"]["tokens"]["total"]
     assert abs(plan["tokens"]["total"] - used) <= 0.2 * used, (plan["tokens"], used)
+    # the defaults alone (templates, seeds, default yields) land within 20% here too
+    assert abs(uncalibrated["tokens"]["total"] - used) <= 0.2 * used, uncalibrated["tokens"]
     # run.json keeps the (uncalibrated) plan next to the actuals
     assert run["plan"]["target"] == 400
     assert run["plan"]["tokens"]["total"] > 0
