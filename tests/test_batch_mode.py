@@ -356,3 +356,25 @@ async def test_budget_stops_new_rounds(tmp_path: Path) -> None:
     assert run["batch"]["rounds"] == 1  # the first round's answers crossed the budget
     assert run["usage"]["cost_usd"] >= 0.01
     assert verify_run(out).ok
+
+
+async def test_reprocessing_a_half_written_round_gives_the_same_files(tmp_path: Path) -> None:
+    """A kill after a round's records were written but before its "processed" line: the
+    resumed run cuts the files back to the round's start and processes it again."""
+    out = tmp_path / "run"
+    async with _sim() as sim:
+        config = make_config(out, sim.base_url, target=40, seed=8, mode="batch",
+                             batch_poll_seconds=0.02)
+        await run_generate(config, install_signal_handlers=False)
+        before = {name: (out / name).read_bytes() for name in (TASKS, INSTRUCTIONS, REJECTED)}
+        raw = (out / BATCHES).read_bytes().splitlines(keepends=True)
+        last = max(i for i, line in enumerate(raw) if b'"event":"processed"' in line)
+        (out / BATCHES).write_bytes(b"".join(raw[:last]))  # the kill came just before it
+        batches_before = len(sim.batch.batches)
+        result = await run_generate(config, install_signal_handlers=False)
+        assert len(sim.batch.batches) == batches_before  # nothing submitted again
+        _paid_once(sim, out)
+    assert result.summary.status == "finished"
+    after = {name: (out / name).read_bytes() for name in (TASKS, INSTRUCTIONS, REJECTED)}
+    assert after == before
+    assert verify_run(out).ok
