@@ -378,3 +378,22 @@ async def test_reprocessing_a_half_written_round_gives_the_same_files(tmp_path: 
     after = {name: (out / name).read_bytes() for name in (TASKS, INSTRUCTIONS, REJECTED)}
     assert after == before
     assert verify_run(out).ok
+
+
+async def test_files_backend_refuses_a_linked_output_file(tmp_path: Path) -> None:
+    out, folder = tmp_path / "run", tmp_path / "exchange"
+    secret = tmp_path / "elsewhere.jsonl"
+    secret.write_bytes(b'{"custom_id": "x"}\n')
+    config = make_config(out, "http://127.0.0.1:9/v1", target=5, seed=4, mode="batch",
+                         batch_backend="files", batch_dir=str(folder), batch_poll_seconds=0.02)
+
+    async def plant() -> None:
+        while not list(folder.glob("*.input.jsonl")):
+            await asyncio.sleep(0.02)
+        request = next(folder.glob("*.input.jsonl"))
+        (folder / request.name.replace(".input.jsonl", ".output.jsonl")).symlink_to(secret)
+
+    planter = asyncio.create_task(plant())
+    with pytest.raises(InputError, match="not a regular file"):
+        await run_generate(config, install_signal_handlers=False)
+    await planter

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import signal
 import time
 from collections import Counter
@@ -53,6 +52,7 @@ from service.generate.batch_transport import (
     OpenAITransport,
     journal_finished,
     submitted_age,
+    write_whole,
 )
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.llm_backend import DEFAULT_MODEL, prices_of
@@ -263,13 +263,7 @@ class BatchRun:
             key = self.journal.next_key()
             rel = f"batches/{key}.input.jsonl"
             data = b"".join(raw + b"\n" for _, _, raw in lines)
-            path = self.run_dir.path / rel
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
+            write_whole(self.run_dir.path / rel, data)
             self.journal.record({"event": PREPARED, "key": key, "round": number,
                                  "endpoint": lines[0][1], "input": rel,
                                  "items": [item for item, _, _ in lines]})

@@ -142,12 +142,7 @@ class FilesTransport:
     async def submit(self, entry: BatchEntry, data: bytes, *, resumed: bool) -> None:
         request, _ = self._paths(entry)
         if entry.state == PREPARED:
-            tmp = request.with_name(f".{request.name}.tmp")
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, request)  # a runner never sees half a request file
+            write_whole(request, data)  # a runner never sees half a request file
             self.journal.record({"event": UPLOADED, "key": entry.key,
                                  "input_file_id": request.name})
         if entry.state == UPLOADED:
@@ -159,6 +154,9 @@ class FilesTransport:
         _, output = self._paths(entry)
         lines: list[bytes] = []
         ids: set[str] = set()
+        if output.is_symlink() or (output.exists() and not output.is_file()):
+            raise InputError(str(output), None, None, "not a regular file (a link?); "
+                             "refusing to read it")
         if not output.exists():
             return lines, ids
         for number, raw in iter_lines(output):
@@ -186,12 +184,7 @@ class FilesTransport:
     async def fetch(self, entry: BatchEntry, output: Path,
                     errors: Path) -> tuple[str | None, str | None]:
         lines, _ = self._complete_lines(entry)
-        tmp = output.with_name(f".{output.name}.part")
-        with tmp.open("wb") as fh:
-            fh.write(b"".join(lines))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
+        write_whole(output, b"".join(lines))
         errors.unlink(missing_ok=True)
         return self._paths(entry)[1].name, None
 
@@ -203,6 +196,18 @@ class FilesTransport:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write a file whole: a fresh temporary file (O_EXCL, never through a link someone
+    planted in a shared folder), fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def journal_finished(journal: BatchJournal, entry: BatchEntry, status: str,

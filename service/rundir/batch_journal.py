@@ -114,8 +114,9 @@ class BatchJournal:
         self._fd: int | None = open_fd(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         if not self.view.token:
             self.record({"event": RUN, "token": secrets.token_hex(8)})
-        for stale in self.files.glob(".*.part"):  # a download a kill interrupted
-            stale.unlink(missing_ok=True)
+        for pattern in (".*.part", ".*.tmp"):  # a download or write a kill interrupted
+            for stale in self.files.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._fd is not None:
