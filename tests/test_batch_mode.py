@@ -397,3 +397,20 @@ async def test_files_backend_refuses_a_linked_output_file(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="not a regular file"):
         await run_generate(config, install_signal_handlers=False)
     await planter
+
+
+async def test_a_batch_the_provider_fails_is_a_clear_error_then_resubmitted(
+        tmp_path: Path) -> None:
+    from service.errors import SelfInstructError
+
+    out = tmp_path / "run"
+    async with _sim(dataclasses.replace(ACCEPTANCE, fail_validation=True)) as sim:
+        config = make_config(out, sim.base_url, target=20, seed=1, mode="batch",
+                             batch_poll_seconds=0.02)
+        with pytest.raises(SelfInstructError, match=r"failed at the provider"):
+            await run_generate(config, install_signal_handlers=False)
+        sim.batch.settings = ACCEPTANCE
+        result = await run_generate(config, install_signal_handlers=False)
+        assert sim.batch.stats()["answered_twice"] == 0
+    assert result.summary.status == "finished"
+    assert verify_run(out).ok

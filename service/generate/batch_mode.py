@@ -293,6 +293,12 @@ class BatchRun:
                                                      files / f"{entry.key}.errors.jsonl")
                     journal_finished(self.journal, entry, status, ids,
                                      time.monotonic() - started)
+                    if status == "failed":  # the provider rejected the file as a whole
+                        raise SelfInstructError(
+                            f"batch {entry.batch_id} ({entry.key}, round {number}) failed at "
+                            "the provider (its input was rejected; see GET /v1/batches/"
+                            f"{entry.batch_id} for the errors); fix the cause and run again: "
+                            "its lines are resubmitted, nothing else is")
                 elif submitted_age(entry) > self.config.batch_timeout:
                     await self.transport.cancel(entry)
             self.batch_states = Counter(

@@ -49,6 +49,7 @@ class BatchSimSettings:
     line_failure_rate: float = 0.0  # a line answered with a 500 in the error file
     expire_rate: float = 0.0  # a batch that expires with only part of its lines done
     upload_error_status: int | None = None  # every upload answered with this (tests)
+    fail_validation: bool = False  # every new batch ends "failed" (a rejected input file)
     max_file_bytes: int = MAX_FILE_BYTES
     max_requests: int = MAX_REQUESTS
     seed: int = 0
@@ -97,7 +98,10 @@ class _Batch:
         stamp = {"completed": "completed_at", "expired": "expired_at",
                  "cancelled": "cancelled_at", "failed": "failed_at"}.get(self.status)
         body: dict[str, Any] = {
-            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": None,
+            "id": self.id, "object": "batch", "endpoint": self.endpoint,
+            "errors": {"object": "list", "data": [{"code": "invalid_request", "line": 1,
+                                                   "message": "simulated validation failure"}]}
+            if self.status == "failed" else None,
             "input_file_id": self.input_file_id, "completion_window": "24h",
             "status": self.status, "output_file_id": self.output_file_id,
             "error_file_id": self.error_file_id, "created_at": self.created_at,
@@ -283,6 +287,8 @@ class BatchService:
         batch = _Batch(self._next_id("batch"), str(endpoint), file.id, lines,
                        time.monotonic(), int(time.time()), dict(metadata), expires, done_share)
         batch.counts["total"] = len(lines)
+        if self.settings.fail_validation:
+            batch.status, batch.finished_at = "failed", int(time.time())
         self.batches[batch.id] = batch
         return web.json_response(batch.info())
 
