@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.errors import InputError
+from service.errors import ClientRequestError, InputError
 from service.llm import ClientSettings, LLMClient, Secret
 from service.llm.batch import (
     CHAT,
@@ -20,7 +20,6 @@ from service.llm.batch import (
     request_line,
     split_requests,
 )
-from service.llm.errors import ClientRequestError
 from service.llm.usage import usage_of
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.batch import BatchSimSettings

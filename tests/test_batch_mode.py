@@ -15,12 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from service.errors import ConfigError, InputError
+from service.errors import ClientRequestError, ConfigError, InputError
 from service.generate.batch_mode import BatchRun
 from service.generate.batch_transport import METADATA_KEY, OpenAITransport, name_of
 from service.generate.orchestrator import run_generate
 from service.llm.batch import COMPLETIONS, BatchClient, request_line
-from service.llm.errors import ClientRequestError
 from service.rundir.batch_journal import BATCHES, PREPARED, UPLOADED, BatchJournal
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run

@@ -84,7 +84,7 @@ from service.llm.batch import (
     request_line,
 )
 from service.llm.usage import usage_of
-from service.progress import Progress, format_count, format_duration
+from service.progress import Progress, format_count, format_eta
 from service.rundir.batch_journal import (
     FINISHED,
     PREPARED,
@@ -575,7 +575,7 @@ def batch_line(run: BatchRun) -> str:
     waited = run.journal.view.waiting_s
     usage = run.usage()
     return (f"round {run.round} | batches {states} | lines {run.lines_done} done, "
-            f"{run.lines_failed} failed | waiting {format_duration(waited)} | "
+            f"{run.lines_failed} failed | waiting {format_eta(waited)} | "
             f"tasks {run.state.tasks_written}/{run.config.target} | "
             f"tokens {format_count(float(usage['total_tokens']))} | "
             f"${float(usage.get('cost_usd') or 0.0):.2f}")

@@ -227,7 +227,7 @@ def estimate(config: Config, seeds: list[SeedTask], calibration: Calibration | N
     latency = {s: HOSTED_BASE_LATENCY_S + per_call[s].completion / HOSTED_TOKENS_PER_S
                for s in STAGES}
     busy = (prompts / ppr * latency["instructions"] + finished * latency["classify"]
-            + finished * latency["instances"]) / max(1, config.max_in_flight)
+            + finished * latency["instances"]) / max(1, config.in_flight_bound())
     online_wall = max([busy, *by_rate]) + sum(latency.values())
     rounds = math.ceil(prompts / config.batch_max_requests) + 2 + 1  # +1: resubmissions
     turnaround = cal.turnaround_s or BATCH_TURNAROUND_S
@@ -266,7 +266,7 @@ def plan_for_run(config: Config, seeds: list[SeedTask]) -> dict[str, Any] | None
 
 def render(plan: dict[str, Any]) -> str:
     """The plan as a small table for a terminal."""
-    from service.progress import format_count, format_duration
+    from service.progress import format_count, format_eta
 
     lines = [f"plan for {plan['target']} tasks"
              + (f" (calibrated from {plan['assumptions']['calibrated_from']})"
@@ -282,7 +282,7 @@ def render(plan: dict[str, Any]) -> str:
     lines.append(f"{'mode':<13}{'cost':>12}{'wall time':>12}")
     for mode, m in plan["modes"].items():
         cost = "-" if m["cost_usd"] is None else f"${m['cost_usd']:.2f}"
-        lines.append(f"{mode:<13}{cost:>12}{format_duration(m['wall_s']):>12}")
+        lines.append(f"{mode:<13}{cost:>12}{format_eta(m['wall_s']):>12}")
     if plan["modes"]["online"]["cost_usd"] is None:
         lines.append("(no price for a stage's model: add [prices.\"MODEL\"] to the config)")
     return "\n".join(lines)

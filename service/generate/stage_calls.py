@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.config import Config
-from service.generate.backend import Backend, Choice, Sampling, StagePrompt
+from service.generate.backend import Backend, Sampling, StageAnswer, StagePrompt
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.records import TRUNCATED, RunState
 from service.generate.seams import CallFinished
@@ -49,7 +49,7 @@ class StageCalls:
         self.output_first_examples = instance_stage.pick_instance_examples(self.seeds, True, 3)
 
     async def call(self, stage: str, prompts: Sequence[StagePrompt],
-                   sampling: Sampling) -> list[Choice]:
+                   sampling: Sampling) -> list[StageAnswer]:
         """The backend's answer, with a ``call_finished`` event either way."""
         try:
             choices = await self.backend.complete(stage, prompts, sampling)
@@ -102,7 +102,7 @@ class StageCalls:
             out.append((StagePrompt(prompt.text, self.templates.instructions_chat_system), prompt))
         return out
 
-    def candidates_from(self, choice: Choice, prompt: InstructionPrompt) -> list[Candidate]:
+    def candidates_from(self, choice: StageAnswer, prompt: InstructionPrompt) -> list[Candidate]:
         """The answer's new instructions that pass the instruction filters; the others
         go to rejected.jsonl."""
         if choice.finish_reason == "length":

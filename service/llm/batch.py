@@ -29,19 +29,18 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from service.errors import InputError
-from service.llm.errors import (
+from service.errors import (
     BadResponse,
     ClientRequestError,
     ConnectionFailed,
+    InputError,
     LLMError,
     RateLimitError,
     RequestTimeout,
     ServerError,
 )
 from service.llm.retry import truncate_message
-from service.llm.secret import redact
-from service.secret import Secret
+from service.secret import Secret, redact
 
 MAX_BATCH_REQUESTS: Final = 50_000  # lines of one batch (OpenAI's cap)
 MAX_BATCH_FILE_BYTES: Final = 200 * 1024 * 1024  # one input file (OpenAI's cap)

@@ -42,7 +42,6 @@ where ``U`` = instruction + "\\n\\n" + input when input is non-empty, else the i
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from typing import Any
 import orjson
 
 from service.errors import RunDirError
-from service.rundir.store import SEEDS, TASKS, open_file
+from service.rundir.store import SEEDS, TASKS, atomic_file, read_jsonl
 
 EXPORT_DIR = "export"
 END_OF_TEXT = "<|endoftext|>"
@@ -179,24 +178,14 @@ class _TornTail:
 
 def _iter_tasks(path: Path, torn: _TornTail) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, object); a bad complete line is an error, a torn last line is skipped."""
-    if not path.exists() and not path.is_symlink():
-        return
-    with open_file(path) as fh:  # a link is refused, never followed
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                torn.seen = True
-                return
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RunDirError(
-                    f"{path}:{lineno}: not valid JSON ({exc}); run `selfinstruct verify`"
-                ) from None
-            if not isinstance(obj, dict):
-                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+
+    def seen(_line: int) -> None:
+        torn.seen = True
+
+    try:
+        yield from read_jsonl(path, torn="skip", on_torn=seen)
+    except RunDirError as exc:
+        raise RunDirError(f"{exc}; run `selfinstruct verify`") from None
 
 
 def _instances(path: Path, lineno: int, task: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -242,32 +231,24 @@ def export_run(
         raise RunDirError(f"{root}: no {TASKS} (not a run directory, or no task finished yet)")
     dest = Path(out) if out is not None else default_export_path(root, fmt)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     counts = {"tasks": 0, "seeds": 0, "records": 0, "skipped": 0}
     torn = _TornTail()
     seed_torn = _TornTail()
-    try:
-        with tmp.open("wb") as fh:
-            sources: list[tuple[str, Path, _TornTail]] = []
-            if include_seeds:
-                sources.append(("seeds", root / SEEDS, seed_torn))
-            sources.append(("tasks", tasks_path, torn))
-            for kind, path, tail in sources:
-                for lineno, task in _iter_tasks(path, tail):
-                    counts[kind] += 1
-                    wrote = 0
-                    for instruction, input_text, output in _instances(path, lineno, task):
-                        fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
-                        wrote += 1
-                    counts["records"] += wrote
-                    if wrote == 0:
-                        counts["skipped"] += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as fh:
+        sources: list[tuple[str, Path, _TornTail]] = []
+        if include_seeds:
+            sources.append(("seeds", root / SEEDS, seed_torn))
+        sources.append(("tasks", tasks_path, torn))
+        for kind, path, tail in sources:
+            for lineno, task in _iter_tasks(path, tail):
+                counts[kind] += 1
+                wrote = 0
+                for instruction, input_text, output in _instances(path, lineno, task):
+                    fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                    wrote += 1
+                counts["records"] += wrote
+                if wrote == 0:
+                    counts["skipped"] += 1
     return ExportResult(
         path=dest,
         format=fmt,

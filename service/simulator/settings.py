@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_HANG_S = 30.0  # a hang outlasts any sane client timeout but never holds a handler forever
+MAX_CAPACITY = 100_000
+MAX_BATCH_SLOWDOWN = 100.0
+MAX_QUEUE_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,14 @@ class SimSettings:
     model: str = "sim-model"
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     seed: int = 0
+    # A self-hosted server (service.simulator.capacity): at most ``capacity`` requests
+    # served together, each slower as the batch fills, the rest queued FIFO; past
+    # ``queue_limit`` queued, 503. None: unlimited (every request served at once).
+    capacity: int | None = None
+    batch_slowdown: float = 0.5  # a full batch is this much slower than a batch of one
+    queue_limit: int | None = None
+    # False: 429s carry Retry-After only, no x-ratelimit-* headers on any response
+    ratelimit_headers: bool = True
 
     def __post_init__(self) -> None:
         rates = ("error_rate", "reset_rate", "garbage_rate", "hang_rate", "truncate_rate",
@@ -47,5 +58,13 @@ class SimSettings:
                 raise ValueError(f"{name} must be > 0 (got {value!r})")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0 (got {self.latency_ms!r})")
+        if self.capacity is not None and not 1 <= self.capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be within 1..{MAX_CAPACITY} (got {self.capacity!r})")
+        if not 0 <= self.batch_slowdown <= MAX_BATCH_SLOWDOWN:
+            raise ValueError(f"batch_slowdown must be within 0..{MAX_BATCH_SLOWDOWN:g} "
+                             f"(got {self.batch_slowdown!r})")
+        if self.queue_limit is not None and not 0 <= self.queue_limit <= MAX_QUEUE_LIMIT:
+            raise ValueError(f"queue_limit must be within 0..{MAX_QUEUE_LIMIT} "
+                             f"(got {self.queue_limit!r})")
         if not 0 < self.hang_seconds <= MAX_HANG_S:
             raise ValueError(f"hang_seconds must be within (0, {MAX_HANG_S}] (got {self.hang_seconds!r})")
