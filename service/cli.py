@@ -28,6 +28,7 @@ class CommandModule(Protocol):
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("service.commands.generate", "run the Self-Instruct pipeline into a run directory"),
+    "plan": ("service.commands.plan", "estimate requests, tokens, cost and wall time of a run"),
     "dedup": ("service.commands.dedup", "filter instructions against a growing ROUGE-L pool"),
     "export": ("service.commands.export", "turn a run directory into fine-tuning files"),
     "verify": ("service.commands.verify", "check a run directory's invariants"),

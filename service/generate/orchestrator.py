@@ -103,6 +103,14 @@ async def run_generate(
 ) -> RunResult:
     """Run (or resume) a generation into ``config.out``."""
     progress = progress or Progress(quiet=config.quiet)
+    if config.mode == "batch":  # rounds of Batch API files: service.generate.batch_mode
+        if config.redis is not None:
+            raise ConfigError("config key 'mode': batch mode runs in one process (no --redis)")
+        from service.generate.batch_mode import run_batch_generate
+
+        summary = await run_batch_generate(config, progress=progress,
+                                           install_signal_handlers=install_signal_handlers)
+        return RunResult(summary, Path(config.out), ())
     seeds = load_seeds(config)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = None
@@ -154,8 +162,13 @@ async def run_generate(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, _on_signal, pipeline, progress)
                     installed.append(sig)
+        from service.generate.plan import plan_for_run
+
+        plan = plan_for_run(live_config, seeds)
         try:
             summary = await pipeline.run()
+            if plan is not None:  # the estimate next to the actuals
+                run_dir.write_run_json({**pipeline.run_json(), "plan": plan})
         finally:
             for installed_sig in installed:
                 loop.remove_signal_handler(installed_sig)
