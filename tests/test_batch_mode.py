@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -24,8 +23,8 @@ from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.batch import BatchSimSettings
-from tests.conftest import PYTHON, ROOT, make_config
-from tests.helpers import jsonl
+from tests.conftest import make_config
+from tests.helpers import jsonl, spawn_generate
 
 ACCEPTANCE = BatchSimSettings(turnaround_s=0.3, line_failure_rate=0.05, expire_rate=0.2, seed=7)
 
@@ -92,13 +91,8 @@ async def test_same_seed_twice_gives_identical_files(tmp_path: Path) -> None:
 
 
 async def _spawn(base_url: str, out: Path, target: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_API_KEY", None)
-    return await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
-        "--base-url", base_url, "--model", "sim", "--quiet", "--show", "0", "--seed", "2",
-        "--mode", "batch", "--batch-poll-seconds", "0.05", "--batch-max-requests", "30",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    return await spawn_generate(base_url, out, target, "--seed", "2", "--mode", "batch",
+                                "--batch-poll-seconds", "0.05", "--batch-max-requests", "30")
 
 
 async def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
