@@ -103,14 +103,14 @@ async def _spawn(base_url: str, out: Path, target: int) -> asyncio.subprocess.Pr
     return await asyncio.create_subprocess_exec(
         PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
         "--base-url", base_url, "--model", "sim", "--quiet", "--show", "0", "--seed", "2",
-        "--mode", "batch", "--batch-poll-seconds", "0.05", "--batch-max-requests", "30",
+        "--mode", "batch", "--batch-poll-seconds", "0.05", "--batch-max-requests", "20",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
 async def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rng = random.Random(17)
-    async with _sim(BatchSimSettings(turnaround_s=0.4, line_failure_rate=0.05,
+    async with _sim(BatchSimSettings(turnaround_s=1.0, line_failure_rate=0.05,
                                      expire_rate=0.2, seed=3)) as sim:
         for _ in range(5):
             process = await _spawn(sim.base_url, out, 1000)
