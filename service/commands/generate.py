@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from service.commands._options import add_generate_options, config_from_args
 from service.generate.orchestrator import print_summary, run_generate, show_tasks
@@ -14,6 +15,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=2, metavar="N", help="finished tasks to print at the end (default 2)")
 
 
+def usage_line(out: Path) -> str:
+    """Tokens, the cached share and cost of this run (from run.json), for the report."""
+    from service.rundir.store import read_run_json
+
+    usage = read_run_json(out).get("usage") or {}
+    tokens = usage.get("tokens") or {}
+    share = float(tokens.get("cached_share") or 0.0)
+    return (f"tokens: {int(tokens.get('total') or 0):,} ({int(tokens.get('prompt') or 0):,} "
+            f"prompt, {share:.0%} of it cached; {int(tokens.get('completion') or 0):,} "
+            f"completion), cost ${float(usage.get('cost_usd') or 0.0):.4f}")
+
+
 def run(args: argparse.Namespace) -> int:
     config, _ = config_from_args(args)
     from service.generate.llm_backend import install_uvloop
@@ -21,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     install_uvloop()
     result = asyncio.run(run_generate(config))
     print_summary(result, examples=show_tasks(result.out, args.show) if args.show > 0 else ())
+    print(usage_line(result.out), flush=True)
     if result.summary.status == "interrupted":
         return 130
     if result.summary.status == "budget":
