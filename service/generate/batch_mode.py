@@ -201,15 +201,13 @@ class BatchRun:
         Each line is (journal item, endpoint, request line)."""
         view = self.journal.view
         prepared = self.journal.prepared_ids()
-        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
-        retry = sorted(cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS)
-        if retry:
-            originals = self._original_lines(retry)
-            files += split_files(originals, self.config.batch_max_requests)
+        retryable = {cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS}
+        retry: list[str] = []
         new: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         rate = self._success_rate()
         # Advance only as many admitted tasks as the target needs (oldest first): extra
-        # admissions stay pending instead of paying for their classify and instances.
+        # admissions stay pending instead of paying for their classify and instances;
+        # a failed line is resubmitted only while its task is still needed.
         wanted = math.ceil(self.remaining / rate * ADVANCE_MARGIN)
         supply = 0
         for task_id in sorted(self.pending):
@@ -217,22 +215,40 @@ class BatchRun:
             if self._stuck(task_id) or supply >= wanted:
                 continue
             supply += 1
-            if task_id in view.classified:
-                if f"{task_id}-instances" not in prepared:
+            classify_id, instances_id = f"{task_id}-classify", f"{task_id}-instances"
+            if classify_id in retryable:
+                retry.append(classify_id)
+            elif instances_id in retryable:
+                retry.append(instances_id)
+            elif task_id in view.classified:
+                if instances_id not in prepared:
                     new.append(self.requests.instances_line(task, view.classified[task_id]))
-            elif f"{task_id}-classify" not in prepared:
+            elif classify_id not in prepared:
                 new.append(self.requests.classify_line(task))
         deficit = self.remaining - supply * rate
         count = 0
         if deficit > 0:
             count = math.ceil(deficit / rate / self._admitted_per_request() * SUPPLY_MARGIN)
+        count = min(count, self.config.batch_max_requests)
+        # failed instruction requests first, then new ones, up to what the round needs
+        failed_requests = sorted(cid for cid in retryable
+                                 if self._stage_of(cid) == "instructions")[:count]
+        retry += failed_requests
+        count -= len(failed_requests)
         if self.remaining and not new and not retry:
             count = max(count, 1)
-        count = min(count, self.config.batch_max_requests)
+        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
+        if retry:  # resubmissions go alone, in files of their own
+            files += split_files(self._original_lines(sorted(retry)),
+                                 self.config.batch_max_requests)
         new = self.requests.instruction_lines(number, count, self.machine_instructions) + new
         files += split_files([(item, ep, request_line(item["custom_id"], ep, body))
                               for item, ep, body in new], self.config.batch_max_requests)
         return files
+
+    def _stage_of(self, custom_id: str) -> str:
+        view = self.journal.view
+        return str(view.batches[view.retry[custom_id]].items[custom_id].get("stage"))
 
     def _original_lines(self, custom_ids: Sequence[str]
                         ) -> list[tuple[dict[str, Any], str, bytes]]:
