@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
+from service.generate.compat import ALPACA_EXTRA_BLACKLIST, COMPAT_MODES, REFERENCE_BLACKLIST
 from service.llm.constants import (
     DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
@@ -49,6 +50,10 @@ BatchBackend = Literal["openai", "files"]
 # Where the dedup pool lives: a thread of the generate process, or a child process of its
 # own (its own interpreter lock and core; see service/generate/admission.py).
 AdmissionMode = Literal["thread", "process"]
+METHODS = ("self-instruct", "alpaca")
+TASK_KINDS = ("all", "generation", "classification")
+_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds", "admission",
+             "mode", "batch_backend"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class StageConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_tokens: int = 300
+    # instances stage: max_tokens of a classification task's call (its prompt is longer);
+    # None: max_tokens. Never above max_tokens.
+    classification_max_tokens: int | None = None
 
 
 def default_stages() -> dict[str, StageConfig]:
@@ -76,7 +84,9 @@ def default_stages() -> dict[str, StageConfig]:
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
         ),
         "classify": StageConfig(temperature=0.0, top_p=1.0, max_tokens=3),
-        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=300),
+        # 350 tokens for a generation task, 300 for a classification task, as the reference
+        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=350,
+                                 classification_max_tokens=300),
     }
 
 
@@ -86,15 +96,19 @@ class FilterConfig:
 
     min_words: int = 4  # the reference drops <= 3 words
     max_words: int = 150
-    blacklist: tuple[str, ...] = (
-        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
-        "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
-        "diagram",
-    )
+    blacklist: tuple[str, ...] = REFERENCE_BLACKLIST  # the reference's 13
+    alpaca_blacklist: bool = False  # also ban Stanford Alpaca's 5 extra words
     drop_write_a_program: bool = True
     drop_leading_punctuation: bool = True
     drop_non_ascii_start: bool = True
     max_instances: int = 5
+
+
+def effective_blacklist(filters: FilterConfig) -> tuple[str, ...]:
+    """The banned words a run uses: the configured list, plus Alpaca's when asked."""
+    if not filters.alpaca_blacklist:
+        return filters.blacklist
+    return filters.blacklist + tuple(w for w in ALPACA_EXTRA_BLACKLIST if w not in filters.blacklist)
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,21 @@ class Config:
     prompts_per_request: int = 5
 
     # method
+    # "reference": the reference code's decisions on model text exactly (quirks included);
+    # "default": the project's (README "Fidelity to the method" lists the differences)
+    compat: Literal["default", "reference"] = "default"
+    # "alpaca": one call writes instruction, input and output (Stanford Alpaca's variant)
+    method: Literal["self-instruct", "alpaca"] = "self-instruct"
+    # which admitted tasks get instances (the reference's --generation_tasks_only /
+    # --classification_tasks_only); the others are recorded as rejected
+    task_kinds: Literal["all", "generation", "classification"] = "all"
+    # the reference's --use_clf_seed_tasks_only: prompt (and dedup against) the
+    # classification seeds only, with the classification list header
+    classification_seeds_only: bool = False
+    # prompt templates overlaid on the project's (`selfinstruct templates import`)
+    templates: Path | None = None
+    # store each call's raw completion text and request index in raw_<stage>.jsonl
+    keep_raw: bool = False
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0
@@ -242,6 +271,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
     "max_tokens": (1, 1_000_000),
+    "classification_max_tokens": (1, 1_000_000),
     # filters
     "min_words": (0, 100_000),
     "max_words": (1, 100_000),
@@ -270,6 +300,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_sse_streams": (1, 10_000),
     "drain_timeout_s": (0.1, 3_600.0),
     "max_body_bytes": (1_024, 16 * 1024 * 1024),
+    # decontamination, report, eval
+    "ngram": (1, 64),
+    "ngram_min_tokens": (1, 64),
+    "eval_max_tokens": (1, 100_000),
+    "eval_temperature": (0.0, 2.0),
+    "report_overlap_sample": (0, 10_000_000),
+    "report_top": (1, 1_000),
 }
 
 
@@ -313,11 +350,13 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index", "admission",
-                                          "mode", "batch_backend"}:
+    if "Literal" in type_text or name in _LITERALS:
         literal_args = {
             "api": get_args(ApiKind),
             "admission": get_args(AdmissionMode),
+            "compat": COMPAT_MODES,
+            "method": METHODS,
+            "task_kinds": TASK_KINDS,
             "mode": get_args(RunMode),
             "batch_backend": get_args(BatchBackend),
             "tokenizer": TOKENIZERS,
@@ -504,6 +543,11 @@ def load_config(
 
     # Layer 3: flags.
     for key, raw in flags.items():
+        if key.startswith("filters.") and key[len("filters."):] in _FILTER_TYPES:
+            fkey = key[len("filters."):]
+            filters[fkey] = _coerce(key, _FILTER_TYPES[fkey], raw, "from flags")
+            sources[key] = "from flags"
+            continue
         if key not in _FIELD_TYPES or key in _NESTED:
             raise ConfigError(f"config key '{key}' (from flags): unknown key")
         if key == "api_key":

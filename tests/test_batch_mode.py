@@ -413,3 +413,14 @@ async def test_a_batch_the_provider_fails_is_a_clear_error_then_resubmitted(
         assert sim.batch.stats()["answered_twice"] == 0
     assert result.summary.status == "finished"
     assert verify_run(out).ok
+
+
+def test_decontaminate_while_generating_is_online_only(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    code = main(["generate", "--mode", "batch", "--decontaminate", "--out", str(tmp_path / "r"),
+                 "--base-url", "http://127.0.0.1:9/v1", "--quiet"])
+    assert code == 2
+    assert "selfinstruct decontaminate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -24,6 +24,8 @@ from service.generate.backend import Backend
 from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
 from service.generate.resume import seeds_for_run
+from service.generate.templates import load_templates
+from service.generate.timeline import record_timeline
 from service.progress import Progress, status_line
 from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.rundir.store import TASKS, RunDir
@@ -126,7 +128,10 @@ async def run_generate(
             backend_factory = functools.partial(open_backend, limiter=limiter)
         live_config = await stack.enter_async_context(endpoint_for(config))
         backend = await stack.enter_async_context(backend_factory(live_config))
-        seed_texts = [s.instruction for s in seeds]
+        # --classification-seeds-only: the pool holds the classification seeds only, as
+        # the reference's --use_clf_seed_tasks_only compares with the seeds it prompts with
+        seed_texts = [s.instruction for s in seeds
+                      if s.is_classification or not config.classification_seeds_only]
         if coordinator is not None:
             # The replica catches up on the whole admission stream: not on the loop.
             admit = await asyncio.get_running_loop().run_in_executor(
@@ -136,9 +141,11 @@ async def run_generate(
             admit = stack.enter_context(
                 open_admission(live_config, seed_texts, _existing_texts(run_dir))
             )
+        templates = load_templates(config.templates) if config.templates is not None else None
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
-                            coordinator=coordinator)
+                            coordinator=coordinator, templates=templates)
         pipeline.load_existing()
+        record_timeline(pipeline)
         if on_pipeline is not None:
             on_pipeline(pipeline)
         start_written = pipeline.state.tasks_written

@@ -78,6 +78,7 @@ _SERVER_OWNED = {
     "out": "the server chooses each job's run directory",
     "seed_tasks": "a path on the server's disk; the project's seed tasks are used",
     "local_model": "a path on the server's disk",
+    "templates": "a path on the server's disk; the project's prompt templates are used",
     "quiet": "jobs never draw progress",
     "redis": "the worker's operator chooses Redis (serve --redis)",
     "filters": "nested tables are not accepted over HTTP",

@@ -32,7 +32,7 @@ import random
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,6 +82,16 @@ class _Parsed:
     stream: bool
     include_usage: bool
     answer_seed: str
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """What one request asked for, as the server parsed it (settings.record_requests)."""
+
+    chat: bool
+    prompts: tuple[str, ...]
+    max_tokens: int
+    stop: tuple[str, ...]
 
 
 @lru_cache(maxsize=2048)  # a few kB a prompt: ~15 MB at most
@@ -239,6 +249,9 @@ class SimulatedServer:
         self.choices = 0
         self.streams = 0
         self.context_length_errors = 0
+        self.received: deque[ReceivedRequest] = deque(
+            maxlen=max(1, self.settings.record_requests)
+        )
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -335,6 +348,8 @@ class SimulatedServer:
         try:
             raw = await request.read()
             parsed = self._parse(raw, chat)
+            if self.settings.record_requests:
+                self.received.append(ReceivedRequest(chat, parsed.prompts, parsed.max_tokens, parsed.stop))
         except _BadRequest as exc:
             return self._respond(400, _error_body(exc.message, "invalid_request_error",
                                                   exc.param, exc.code), limiter.headers())
