@@ -424,3 +424,27 @@ def test_decontaminate_while_generating_is_online_only(tmp_path: Path,
     assert code == 2
     assert "selfinstruct decontaminate" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flags", "key"), [({"method": "alpaca"}, "method"),
+                                            ({"keep_raw": True}, "keep_raw")])
+async def test_online_only_options_are_refused_in_batch_mode(
+        tmp_path: Path, flags: dict[str, Any], key: str) -> None:
+    config = make_config(tmp_path / "r", "http://127.0.0.1:9/v1", mode="batch", **flags)
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        await run_generate(config, install_signal_handlers=False)
+
+
+async def test_reference_compat_rules_apply_in_batch_mode(tmp_path: Path) -> None:
+    """compat="reference": the same rules decide on model text as online (here: the
+    reference's capitalize() of every kept instruction)."""
+    out = tmp_path / "run"
+    async with _sim() as sim:
+        config = make_config(out, sim.base_url, target=30, seed=3, mode="batch",
+                             compat="reference", batch_poll_seconds=0.02)
+        result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "finished"
+    admitted = [r["instruction"] for r in _lines(out / INSTRUCTIONS)]
+    assert admitted and all(t == t.capitalize() for t in admitted)
+    assert all("raw_instances" in t for t in _lines(out / TASKS))
+    assert verify_run(out).ok
