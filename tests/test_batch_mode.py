@@ -9,6 +9,7 @@ import dataclasses
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -92,13 +93,13 @@ async def test_same_seed_twice_gives_identical_files(tmp_path: Path) -> None:
 
 async def _spawn(base_url: str, out: Path, target: int) -> asyncio.subprocess.Process:
     return await spawn_generate(base_url, out, target, "--seed", "2", "--mode", "batch",
-                                "--batch-poll-seconds", "0.05", "--batch-max-requests", "30")
+                                "--batch-poll-seconds", "0.05", "--batch-max-requests", "20")
 
 
 async def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rng = random.Random(17)
-    async with _sim(BatchSimSettings(turnaround_s=0.4, line_failure_rate=0.05,
+    async with _sim(BatchSimSettings(turnaround_s=1.0, line_failure_rate=0.05,
                                      expire_rate=0.2, seed=3)) as sim:
         for _ in range(5):
             process = await _spawn(sim.base_url, out, 1000)
@@ -400,4 +401,39 @@ async def test_a_batch_the_provider_fails_is_a_clear_error_then_resubmitted(
         result = await run_generate(config, install_signal_handlers=False)
         assert sim.batch.stats()["answered_twice"] == 0
     assert result.summary.status == "finished"
+    assert verify_run(out).ok
+
+
+def test_decontaminate_while_generating_is_online_only(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    code = main(["generate", "--mode", "batch", "--decontaminate", "--out", str(tmp_path / "r"),
+                 "--base-url", "http://127.0.0.1:9/v1", "--quiet"])
+    assert code == 2
+    assert "selfinstruct decontaminate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flags", "key"), [({"method": "alpaca"}, "method"),
+                                            ({"keep_raw": True}, "keep_raw")])
+async def test_online_only_options_are_refused_in_batch_mode(
+        tmp_path: Path, flags: dict[str, Any], key: str) -> None:
+    config = make_config(tmp_path / "r", "http://127.0.0.1:9/v1", mode="batch", **flags)
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        await run_generate(config, install_signal_handlers=False)
+
+
+async def test_reference_compat_rules_apply_in_batch_mode(tmp_path: Path) -> None:
+    """compat="reference": the same rules decide on model text as online (here: the
+    reference's capitalize() of every kept instruction)."""
+    out = tmp_path / "run"
+    async with _sim() as sim:
+        config = make_config(out, sim.base_url, target=30, seed=3, mode="batch",
+                             compat="reference", batch_poll_seconds=0.02)
+        result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "finished"
+    admitted = [r["instruction"] for r in jsonl(out / INSTRUCTIONS)]
+    assert admitted and all(t == t.capitalize() for t in admitted)
+    assert all("raw_instances" in t for t in jsonl(out / TASKS))
     assert verify_run(out).ok
