@@ -18,7 +18,7 @@ from service.cli import main
 from service.errors import RunDirError
 from service.generate.orchestrator import run_generate
 from service.report.page import build_report
-from service.report.summary import ReportOptions, summarize
+from service.report.summary import ReportOptions, overlap, summarize
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS
 from service.simulator import SimulatedServer
 from tests.conftest import make_config
@@ -115,6 +115,11 @@ def test_every_number_is_counted_from_the_files(run_dir: Path, tmp_path: Path) -
     assert summary["overlap"]["sampled"] == len(texts)
     assert summary["overlap"]["seed"]["counts"] == histogram(to_seed)
     assert summary["overlap"]["earlier"]["counts"] == histogram(to_earlier)
+    # in chunks (flat memory): the same numbers, however the earlier ones are split
+    for chunk in (1, 7, 50):
+        chunked = overlap(run_dir, {}, 10_000, chunk=chunk)
+        assert chunked["earlier"] == summary["overlap"]["earlier"]
+        assert chunked["seed"] == summary["overlap"]["seed"]
     assert summary["overlap"]["earlier"]["max"] == pytest.approx(max(to_earlier), abs=1e-4)
     assert max(to_earlier) <= 0.7  # the run's own threshold held
 
