@@ -22,6 +22,7 @@ import orjson
 from service.config import FilterConfig
 from service.generate import filters
 from service.generate.orchestrator import run_generate
+from service.generate.processing import TRUNCATED_INSTANCE
 from service.generate.records import NEAR_DUPLICATE, TRUNCATED
 from service.generate.stages.instances import parse_input_first, parse_output_first
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
@@ -40,7 +41,7 @@ FILTER_REASONS = {
     filters.DUPLICATE_INSTANCE, filters.OVER_INSTANCE_LIMIT, filters.CONFLICTING_OUTPUTS,
     filters.NO_INSTANCES,
 }
-ALL_REASONS = FILTER_REASONS | {TRUNCATED, NEAR_DUPLICATE}
+ALL_REASONS = FILTER_REASONS | {TRUNCATED, NEAR_DUPLICATE, TRUNCATED_INSTANCE}
 # Reasons no run can produce, and why.
 CANNOT_OCCUR = {
     # parse_instruction_items drops blank items and clean_instruction only collapses
@@ -122,7 +123,8 @@ async def test_2000_tasks_at_60k_rpm_pass_verify_with_every_rejection_reason(
         if record["reason"] == NEAR_DUPLICATE:
             assert record["matched"] and float(record["score"]) > 0.7  # type: ignore[arg-type]
     stages = {(str(r["stage"]), str(r["reason"])) for r in rejected}
-    assert ("instances", TRUNCATED) in stages  # a cut instance answer drops its task
+    # a cut instance answer loses its last, unfinished instance only (as in the reference)
+    assert ("instance_filter", TRUNCATED_INSTANCE) in stages
     assert ("instances", filters.CONFLICTING_OUTPUTS) in stages
     assert ("instances", filters.NO_INSTANCES) in stages
     run = orjson.loads((out / RUN_JSON).read_bytes())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Config
 from service.generate.backend import Backend, Sampling, StageAnswer, StagePrompt
-from service.generate.filters import clean_instruction, filter_instances
+from service.generate.filters import clean_instruction
 from service.generate.llm_backend import open_backend
 from service.generate.orchestrator import run_generate
+from service.generate.processing import rules_for
 from service.generate.stages import classify as classify_stage
-from service.generate.stages import instances as instance_stage
 from service.generate.stages import instructions as instruction_stage
 from service.llm.limiter import RateLimiter
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
@@ -142,6 +143,12 @@ class Soak:
             "hang": outcomes.get("timeout", 0),
         }
 
+    def cut_lists(self) -> int:
+        """Cut instruction lists: each is dropped whole (a truncated_response rejection); a
+        cut instance answer loses only its last instance and a cut Yes/No reads as No."""
+        return sum(1 for c in self.calls if c.stage == "instructions"
+                   for ch in c.choices or [] if ch.finish_reason == "length")
+
     def cut_answers(self) -> int:
         """Cut answers the pipeline could not use (cut classify answers that still begin
         with Yes/No are read, not counted)."""
@@ -227,7 +234,7 @@ def test_soak_counts_every_cut_answer_as_truncated(soak: Soak) -> None:
     assert soak.injected["truncate"] - soak.cancelled <= len(cut_calls)
     counters = soak.run["counters"]
     assert counters["truncated_responses"] == soak.cut_answers() > 0
-    assert counters["rejected_by_reason"].get("truncated_response", 0) == soak.cut_answers()
+    assert counters["rejected_by_reason"].get("truncated_response", 0) == soak.cut_lists()
 
 
 def test_soak_retries_once_per_failed_attempt_and_no_call_gives_up(soak: Soak) -> None:
@@ -277,7 +284,7 @@ def test_soak_admits_no_instruction_from_a_failed_or_cut_answer(soak: Soak) -> N
 
 def test_soak_writes_no_task_from_a_failed_or_cut_answer(soak: Soak) -> None:
     classify_ok: dict[str, set[bool]] = {}
-    instance_answers: dict[str, list[str]] = {}
+    instance_answers: dict[str, list[tuple[str, str | None]]] = {}
     for c in soak.calls:
         if c.choices is None or c.stage == "instructions":
             continue
@@ -285,21 +292,21 @@ def test_soak_writes_no_task_from_a_failed_or_cut_answer(soak: Soak) -> None:
         instruction = _last_task_line(c.prompts[0])
         if c.stage == "classify":
             answer = classify_stage.parse_classify_answer(choice.text)
-            if choice.finish_reason != "length" or answer is not None:
-                classify_ok.setdefault(instruction, set()).add(bool(answer))
-        elif choice.finish_reason != "length":
-            instance_answers.setdefault(instruction, []).append(choice.text)
-    filters = Config().filters
+            classify_ok.setdefault(instruction, set()).add(answer is True)  # else No
+        else:
+            instance_answers.setdefault(instruction, []).append((choice.text, choice.finish_reason))
+    rules = rules_for("default", Config().filters)
     tasks = jsonl(soak.run_dir / TASKS)
     assert tasks
     for task in tasks:
         instruction = task["instruction"]
         assert task["is_classification"] in classify_ok.get(instruction, set()), instruction
-        parse = (instance_stage.parse_output_first if task["is_classification"]
-                 else instance_stage.parse_input_first)
         written = [(i["input"], i["output"]) for i in task["instances"]]
-        candidates = [[(i.input, i.output) for i in filter_instances(parse(text), filters).kept]
-                      for text in instance_answers.get(instruction, [])]
+        candidates = []
+        for text, finish in instance_answers.get(instruction, []):
+            outcome = rules.instances(text, task["is_classification"], finish)
+            kept, _ = rules.cap(outcome.kept, random.Random(f"3:{task['id']}"))  # the job's seed
+            candidates.append([(i.input, i.output) for i in kept])
         assert written in candidates, instruction
     dropped_cut = [r for r in jsonl(soak.run_dir / REJECTED)
                    if r.get("task_level") and r["reason"] == "truncated_response"]

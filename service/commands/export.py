@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from service.errors import ConfigError, InputError
+from service.generate.compat import COMPAT_MODES
 from service.rundir.export import DEFAULT_FORMAT, EXPORT_DIR, FORMATS, export_run
 
 HF = "hf"
@@ -14,9 +15,14 @@ HF = "hf"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, metavar="DIR", help="run directory")
     parser.add_argument(
-        "--format", choices=[*FORMATS, HF], default=DEFAULT_FORMAT,
-        help=f"output format (default {DEFAULT_FORMAT}); {HF}: a Hugging Face dataset folder "
-             "with a dataset card",
+        "--format", choices=[*FORMATS, HF], default=None,
+        help=f"output format (default {DEFAULT_FORMAT}; prompt-completion with --compat "
+             f"reference); {HF}: a Hugging Face dataset folder with a dataset card",
+    )
+    parser.add_argument(
+        "--compat", choices=COMPAT_MODES, default="default",
+        help="reference: prepare_for_finetuning.py's file exactly (50%% of inputs lose their "
+             "field name, duplicate pairs dropped, shuffled; seeded by --seed)",
     )
     parser.add_argument(
         "--out", type=Path, metavar="FILE",
@@ -24,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default DIR/export/{HF})",
     )
     parser.add_argument(
-        "--include-seeds", action="store_true",
-        help="also export the seed tasks recorded in the run directory (first)",
+        "--include-seeds", "--include-seed-tasks", dest="include_seeds", action="store_true",
+        help="also export the seed tasks recorded in the run directory (first; after the "
+             "generated tasks with --compat reference, as the reference does)",
     )
     parser.add_argument("--seed", type=int, default=0,
                         help="prompt-completion: seeds the choice of templates (default 0)")
@@ -52,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
         counts = gather_run(args.redis, args.run_id, args.run)
         print(f"gathered {counts['tasks']} tasks, {counts['instructions']} admissions and "
               f"{counts['seeds']} seeds of run '{args.run_id}' into {args.run}")
-    result = export_run(args.run, args.format, out, include_seeds=args.include_seeds,
-                        seed=args.seed)
+    fmt = args.format or ("prompt-completion" if args.compat == "reference" else DEFAULT_FORMAT)
+    if args.compat == "reference" and fmt != "prompt-completion":
+        raise ConfigError(f"--compat reference writes the prompt-completion format, not {fmt}")
+    result = export_run(args.run, fmt, out, include_seeds=args.include_seeds,
+                        seed=args.seed, compat=args.compat)
     print(f"exported {result.describe()}")
     return 0
 

@@ -59,6 +59,7 @@ def _build(settings: PoolSettings, seed_texts: Sequence[str], admitted_texts: Se
         tokenizer=settings.tokenizer,
         index=settings.index,
         top_k=_TOP_K,
+        mean_similarity=True,  # avg_similarity_score in the records, as the reference writes
     )
     pool.preload(list(seed_texts))
     # Already-admitted instructions passed the filter when they were admitted; re-adding
@@ -74,6 +75,7 @@ def _to_admission(decision: Any) -> DedupDecision:
         score=float(decision.score),
         match=decision.match,
         most_similar=most_similar,
+        avg_similarity=None if decision.mean_similarity is None else round(float(decision.mean_similarity), 6),
     )
 
 

@@ -23,6 +23,7 @@ class DedupDecision:
     match: str | None
     most_similar: dict[str, float]
     task_id: str | None = None  # set by a coordinator that numbers tasks globally
+    avg_similarity: float | None = None  # mean ROUGE-L F against the whole pool (the reference's)
 
 
 AdmitFn = Callable[[Sequence[str]], list[DedupDecision]]
@@ -44,6 +45,7 @@ class PendingTask:
     most_similar: dict[str, float]
     attempts: int = 0
     ref: str | None = None  # the coordinator's handle (e.g. a Redis stream entry id)
+    avg_similarity: float | None = None
 
 
 class Coordinator(Protocol):

@@ -38,11 +38,20 @@ Formats (``input`` is the instance input, possibly empty):
     in your loader) and the reference's 50% input rewriting is not applied.
 
 where ``U`` = instruction + "\\n\\n" + input when input is non-empty, else the instruction.
+
+``compat="reference"`` (``export --compat reference``) writes the prompt-completion file as
+the reference's ``prepare_for_finetuning.py`` does, every step included: seed tasks (with
+``include_seeds``) after the generated ones; half of the inputs rewritten (a single
+``field:`` name removed, blank lines collapsed); one random template each; duplicate
+prompt/completion pairs dropped; the whole file shuffled. One generator seeded with
+``seed`` drives every random choice, so the same seed gives the same file. The shuffle
+holds the records in memory (a few hundred bytes each).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +124,10 @@ PROMPT_COMPLETION_WITHOUT_INPUT = (
 
 def prompt_completion_formatter(seed: int = 0) -> Formatter:
     """The reference's randomly templated prompt/completion pairs, repeatably."""
-    rng = random.Random(seed)
+    return _seeded_encoder(random.Random(seed))
 
+
+def _seeded_encoder(rng: random.Random) -> Formatter:
     def encode(instruction: str, input_text: str, output: str) -> dict[str, Any]:
         templates = PROMPT_COMPLETION_WITH_INPUT if input_text.strip() else (
             PROMPT_COMPLETION_WITHOUT_INPUT)
@@ -139,6 +150,38 @@ FORMATS: dict[str, Formatter] = {
     "prompt-completion": prompt_completion_formatter(),  # export_run makes a seeded one
 }
 DEFAULT_FORMAT = "alpaca"
+
+
+_FIELD_NAME = re.compile(r"(\w+):")
+
+
+def reference_input_rewrite(input_text: str, rng: random.Random) -> str:
+    """Half of the time: drop the field name of an input with exactly one ``name:``
+    ("Sentence: I loved it." -> "I loved it.") and collapse blank lines, so a model
+    fine-tuned on the file also sees inputs without their field names."""
+    if rng.random() >= 0.5:
+        return input_text
+    names = set(_FIELD_NAME.findall(input_text))
+    text = input_text.split(":", 1)[1].strip() if len(names) == 1 else input_text.strip()
+    return text.replace("\n\n", "\n")
+
+
+def _reference_records(
+    instances: Iterator[tuple[str, str, str]], rng: random.Random
+) -> list[dict[str, Any]]:
+    """prepare_for_finetuning's steps after loading: rewrite, encode, dedup, shuffle."""
+    encode = _seeded_encoder(rng)
+    seen: set[tuple[str, str]] = set()
+    records: list[dict[str, Any]] = []
+    for instruction, input_text, output in instances:
+        record = encode(instruction, reference_input_rewrite(input_text, rng), output)
+        pair = (record["prompt"], record["completion"])
+        if pair in seen:
+            continue
+        seen.add(pair)
+        records.append(record)
+    rng.shuffle(records)
+    return records
 
 
 @dataclass(frozen=True)
@@ -213,6 +256,7 @@ def export_run(
     *,
     include_seeds: bool = False,
     seed: int = 0,
+    compat: str = "default",
 ) -> ExportResult:
     """Export ``run_dir``'s tasks in format ``fmt`` to ``out`` (default ``run_dir/export/<fmt>.jsonl``).
 
@@ -222,6 +266,9 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if compat == "reference" and fmt != "prompt-completion":
+        raise ValueError("compat 'reference' writes the reference's prompt-completion file; "
+                         f"format {fmt!r} has no reference form")
     formatter = prompt_completion_formatter(seed) if fmt == "prompt-completion" else FORMATS[fmt]
     root = Path(run_dir)
     if not root.is_dir():
@@ -239,16 +286,28 @@ def export_run(
         if include_seeds:
             sources.append(("seeds", root / SEEDS, seed_torn))
         sources.append(("tasks", tasks_path, torn))
-        for kind, path, tail in sources:
-            for lineno, task in _iter_tasks(path, tail):
-                counts[kind] += 1
-                wrote = 0
-                for instruction, input_text, output in _instances(path, lineno, task):
-                    fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
-                    wrote += 1
-                counts["records"] += wrote
-                if wrote == 0:
-                    counts["skipped"] += 1
+        if compat == "reference":
+            sources.reverse()  # the reference appends the seed tasks after its own
+
+        def instances() -> Iterator[tuple[str, str, str]]:
+            for kind, path, tail in sources:
+                for lineno, task in _iter_tasks(path, tail):
+                    counts[kind] += 1
+                    wrote = 0
+                    for triple in _instances(path, lineno, task):
+                        yield triple
+                        wrote += 1
+                    if wrote == 0:
+                        counts["skipped"] += 1
+
+        if compat == "reference":
+            for record in _reference_records(instances(), random.Random(seed)):
+                fh.write(orjson.dumps(record) + b"\n")
+                counts["records"] += 1
+        else:
+            for instruction, input_text, output in instances():
+                fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                counts["records"] += 1
     return ExportResult(
         path=dest,
         format=fmt,

@@ -44,6 +44,8 @@ SEEDS = "seeds.jsonl"
 RUN_JSON = "run.json"
 LOCK = ".lock"
 JSONL_FILES = (TASKS, INSTRUCTIONS, REJECTED, SEEDS)
+# --keep-raw: each call's raw completion (re-parse with `selfinstruct parse`)
+RAW_FILES = {stage: f"raw_{stage}.jsonl" for stage in ("instructions", "classify", "instances", "alpaca")}
 
 
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -286,7 +288,7 @@ class RunDir:
         run = cls(path=root, fsync=fsync)
         run._lock()
         try:
-            for name in JSONL_FILES:
+            for name in (*JSONL_FILES, *RAW_FILES.values()):
                 repair = repair_torn_tail(root / name)
                 if repair is not None:
                     run.repairs.append(repair)

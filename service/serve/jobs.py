@@ -78,10 +78,14 @@ _SERVER_OWNED = {
     "out": "the server chooses each job's run directory",
     "seed_tasks": "a path on the server's disk; the project's seed tasks are used",
     "local_model": "a path on the server's disk",
+    "templates": "a path on the server's disk; the project's prompt templates are used",
     "quiet": "jobs never draw progress",
     "redis": "the worker's operator chooses Redis (serve --redis)",
     "filters": "nested tables are not accepted over HTTP",
     "stages": "nested tables are not accepted over HTTP",
+    "mode": "batch mode runs from the command line (generate --mode batch)",
+    "batch_backend": "batch mode runs from the command line (generate --mode batch)",
+    "batch_dir": "a path on the server's disk",
 }
 ALLOWED_KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - set(_SERVER_OWNED)
 
