@@ -69,6 +69,7 @@ async def test_hf_folder_loads_with_datasets_and_card_says_how(
     assert f"| `seed` | {config['seed']} |" in text
     assert f"| `target` | {config['target']} |" in text
     assert "| model, instances stage | `sim` |" in text
+    assert "compatibility mode (`--compat`): default" in text
     assert hashlib.sha256((run / SEEDS).read_bytes()).hexdigest() in text
     assert hashlib.sha256(DEFAULT_TEMPLATES.read_bytes()).hexdigest() in text
     assert f"| finished tasks | {len(tasks):,} |" in text
