@@ -49,8 +49,6 @@ EXAMPLE_CHARS = 300
 MAX_TIMELINE_POINTS = 100_000
 MAX_LABELS = 200
 LABEL_CHARS = 80
-# rejected.jsonl stages that lose an admitted task or an instance, not a candidate
-_TASK_STAGES = frozenset({"classify", "instances", "instance_filter", "decontaminate"})
 
 
 @dataclass(frozen=True)
@@ -327,7 +325,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     by_stage: Counter[str] = Counter()
     by_stage_reason: dict[str, Counter[str]] = {}
     task_level_by_reason: Counter[str] = Counter()
-    instance_level = 0
+    instance_level = candidate_losses = candidate_dedup = 0
     examples: dict[str, str] = {}
     rejected = 0
     contamination_matches: Counter[str] = Counter()
@@ -342,7 +340,10 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
         by_stage_reason.setdefault(stage, Counter())[reason] += 1
         if rec.get("task_level"):
             task_level_by_reason[reason] += 1
-        if stage == "instance_filter":
+        if "id" not in rec:
+            candidate_losses += 1
+            candidate_dedup += stage == "dedup"
+        elif not rec.get("task_level"):
             instance_level += 1
         if reason not in examples and isinstance(rec.get("text"), str):
             examples[reason] = _short(rec["text"])
@@ -397,20 +398,20 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
 
     counters = _obj(run_json.get("counters"))
     candidates = counters.get("candidates_seen")
-    filtered = by_stage.get("filter", 0) + by_stage.get("instructions", 0)
-    deduplicated = by_stage.get("dedup", 0)
-    other_before_admission = sum(n for stage, n in by_stage.items()
-                                 if stage not in {"filter", "instructions", "dedup"}
-                                 and stage not in _TASK_STAGES)
+    # A candidate lost before admission has no task id yet: the dedup pool's rejections
+    # (stage dedup), everything else the filters'. Rejections with an id lose an admitted
+    # task (task_level) or one of its instances.
+    filtered = candidate_losses - candidate_dedup
+    deduplicated = candidate_dedup
     task_level = sum(task_level_by_reason.values())
     pending = admitted - tasks - task_level
-    candidates_counted = admitted + filtered + deduplicated + other_before_admission
+    candidates_counted = admitted + filtered + deduplicated
     funnel = [
         {"step": "candidate instructions", "count": candidates_counted,
-         "lost": filtered, "lost_to": "filters (rejected.jsonl stages filter, instructions)"},
+         "lost": filtered, "lost_to": "filters and cut answers (rejected.jsonl, no task id)"},
         {"step": "passed the filters", "count": candidates_counted - filtered,
-         "lost": deduplicated + other_before_admission,
-         "lost_to": "ROUGE-L near-duplicates (rejected.jsonl stage dedup)"},
+         "lost": deduplicated,
+         "lost_to": "ROUGE-L near-duplicates (rejected.jsonl stage dedup, no task id)"},
         {"step": "admitted instructions", "count": admitted, "lost": task_level,
          "lost_to": "task-level rejections (no usable instances, cut answers, contamination)"},
         {"step": "finished tasks", "count": tasks, "lost": pending,
