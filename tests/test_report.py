@@ -271,3 +271,28 @@ def test_a_run_still_writing_is_reported_without_its_torn_last_line(run_dir: Pat
         fh.write(b'{"id": "task_999999", "instruction": "half a li')
     summary = summarize(run_dir)
     assert summary["counts"]["tasks"] == 120
+
+
+@pytest.mark.parametrize("flags", [
+    {"method": "alpaca"},
+    {"compat": "reference", "task_kinds": "generation"},
+])
+async def test_the_funnel_accounts_for_every_candidate_in_other_modes(
+    make_sim: Any, tmp_path: Path, flags: dict[str, Any]
+) -> None:
+    """Other methods and modes reject at other stages; candidates lost before admission
+    (no task id) and the admitted ones still add up to the run's own candidate counter."""
+    from tests.conftest import SHARED_DATA
+
+    sim = await make_sim(seed=9, bad_item_rate=0.1, duplicate_rate=0.1)
+    out = tmp_path / "run"
+    await run_generate(make_config(out, sim.base_url, target=30,
+                                   seed_tasks=SHARED_DATA / "seed_tasks.jsonl", **flags),
+                       install_signal_handlers=False)
+    summary = summarize(out)
+    run_json = orjson.loads((out / RUN_JSON).read_bytes())
+    funnel = {step["step"]: step for step in summary["funnel"]}
+    assert funnel["candidate instructions"]["count"] == run_json["counters"]["candidates_seen"]
+    assert funnel["finished tasks"]["count"] == 30
+    rejected = rows(out / REJECTED)
+    assert funnel["admitted instructions"]["lost"] == sum(1 for r in rejected if r.get("task_level"))
