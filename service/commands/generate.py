@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.commands._options import add_generate_options, config_from_args
+from service.errors import ConfigError
 from service.generate.orchestrator import print_summary, run_generate, show_tasks
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     install_uvloop()
     on_pipeline = None
+    if args.decontaminate is not None and config.mode == "batch":
+        raise ConfigError("--decontaminate checks each task as the online pipeline writes it; "
+                          "with --mode batch run `selfinstruct decontaminate RUN_DIR --drop` "
+                          "after the run (then resume it to refill the target)")
     if args.decontaminate is not None:
         from service.decontam.check import build_index, decontaminate_while_generating
         from service.decontam.evalsets import DEFAULT_EVAL_SET
