@@ -135,6 +135,8 @@ def test_every_number_is_counted_from_the_files(run_dir: Path, tmp_path: Path) -
     usage = summary["usage"]
     assert usage["total_tokens"] == run_json["usage"]["tokens"]["total"]
     assert usage["by_model"] == run_json["usage"]["tokens"]["by_model"]
+    assert usage["by_stage"] == run_json["usage"]["tokens"]["by_stage"]
+    assert set(usage["by_stage"]) == {"instructions", "classify", "instances"}
     assert summary["decontamination"]["rejected_contamination"] == 0
 
 

@@ -188,6 +188,15 @@ def render_card(summary: Mapping[str, Any], run_json: Mapping[str, Any], records
         if isinstance(data, dict):
             lines.append(f"| `{_md(model)}` | {_md(data.get('requests'))} | "
                          f"{_md(data.get('prompt'))} | {_md(data.get('completion'))} |")
+    by_stage = usage["by_stage"] if isinstance(usage["by_stage"], dict) else {}
+    if by_stage:
+        lines += ["", "| stage | model | requests | prompt tokens | completion tokens |",
+                  "|---|---|---|---|---|"]
+        for stage, data in by_stage.items():
+            if isinstance(data, dict):
+                lines.append(f"| {_md(stage)} | `{_md(usage['stage_models'].get(stage))}` | "
+                             f"{_md(data.get('requests'))} | {_md(data.get('prompt'))} | "
+                             f"{_md(data.get('completion'))} |")
     lines += ["", "## Plots", ""]
     for plot in plots:
         lines.append(f"![{plot}](images/{plot}.png)")

@@ -293,6 +293,7 @@ def usage(run_json: Mapping[str, Any]) -> dict[str, Any]:
     }
     return {
         "by_model": tokens.get("by_model", {}),
+        "by_stage": tokens.get("by_stage", {}),
         "prompt_tokens": tokens.get("prompt"),
         "completion_tokens": tokens.get("completion"),
         "total_tokens": tokens.get("total"),
