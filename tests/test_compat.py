@@ -173,12 +173,13 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
     args = build_parser("generate").parse_args([
         "generate", "--compat", "reference", "--max-instances", "7", "--generation-tasks-only",
         "--classification-seeds-only", "--keep-raw", "--templates", "/tmp/t.toml", "--alpaca-blacklist",
-        "--method", "alpaca",
+        "--method", "alpaca", "--no-avg-similarity",
     ])
     config, sources = config_from_args(args)
     assert (config.compat, config.filters.max_instances, config.task_kinds) == ("reference", 7, "generation")
     assert config.classification_seeds_only and config.keep_raw and config.filters.alpaca_blacklist
     assert str(config.templates) == "/tmp/t.toml" and config.method == "alpaca"
+    assert config.avg_similarity is False and Config().avg_similarity is True
     assert sources["filters.max_instances"] == "from flags"
     with pytest.raises(ConfigError, match=r"filters\.max_instances.*1 to 1000"):
         config_from_args(build_parser("generate").parse_args(["generate", "--max-instances", "0"]))

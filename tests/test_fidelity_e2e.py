@@ -119,7 +119,7 @@ async def test_reference_mode_sends_the_references_prompts(make_sim: SimFactory,
 async def test_keep_raw_reparses_to_the_tasks_written(make_sim: SimFactory, tmp_path: Path) -> None:
     sim = await make_sim(seed=5, bad_item_rate=0.15)
     out = tmp_path / "run"
-    config = make_config(out, sim.base_url, target=20, keep_raw=True, seed=2)
+    config = make_config(out, sim.base_url, target=20, keep_raw=True, seed=2, avg_similarity=False)
     await run_generate(config, install_signal_handlers=False)
     raw_lists = _lines(out / "raw_instructions.jsonl")
     raw_instances = _lines(out / "raw_instances.jsonl")
@@ -136,6 +136,7 @@ async def test_keep_raw_reparses_to_the_tasks_written(make_sim: SimFactory, tmp_
     by_instruction = {r["instruction"]: r for r in _lines(parsed)}
     tasks = _lines(out / TASKS)
     assert len(tasks) == 20
+    assert not any("avg_similarity_score" in t for t in [*tasks, *_lines(out / INSTRUCTIONS)])
     for task in tasks:
         reparsed = {tuple(p) for p in by_instruction[task["instruction"]]["instances"]}
         kept = {(i["input"], i["output"]) for i in task["instances"]}
@@ -185,6 +186,7 @@ async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_
     tasks = _lines(out / TASKS)
     assert len(tasks) == 40
     assert all(len(t["instances"]) == 1 for t in tasks)
+    assert all(0.0 <= t["avg_similarity_score"] <= 0.7 for t in tasks)  # on by default
     report = verify_run(out)
     assert report.ok, report.summary()
     routes = {p.rsplit("\n", 1)[-1] for r in sim.received for p in r.prompts}

@@ -22,7 +22,8 @@ def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequen
         tokenizer=config.tokenizer,
         index=config.dedup_index,
         top_k=10,
-        mean_similarity=True,  # avg_similarity_score in the records, as the reference writes
+        # avg_similarity_score in the records, as the reference writes (scores the pool)
+        mean_similarity=config.avg_similarity,
     )
     pool.preload(list(seed_texts))
     # Already-admitted instructions passed the filter when they were admitted; re-adding
