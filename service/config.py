@@ -33,9 +33,11 @@ from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
 from service.generate.compat import ALPACA_EXTRA_BLACKLIST, COMPAT_MODES, REFERENCE_BLACKLIST
 from service.llm.constants import (
+    DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_ADAPTIVE_IN_FLIGHT,
 )
 from service.secret import Secret as Secret  # re-exported: config users import it here
 from service.secret import safe_url
@@ -43,9 +45,12 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+# Where the dedup pool lives: a thread of the generate process, or a child process of its
+# own (its own interpreter lock and core; see service/generate/admission.py).
+AdmissionMode = Literal["thread", "process"]
 METHODS = ("self-instruct", "alpaca")
 TASK_KINDS = ("all", "generation", "classification")
-_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds"}
+_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds", "admission"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class StageConfig:
 
 
 def default_stages() -> dict[str, StageConfig]:
-    """The reference method's sampling per stage (reference.md)."""
+    """The reference method's sampling per stage (the paper's settings)."""
     return {
         "instructions": StageConfig(
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
@@ -119,10 +124,18 @@ class Config:
     api: ApiKind = "completions"
     rpm: int | None = None
     tpm: int | None = None
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # None: sized by Little's law from the rate in force (configured or learned) and the
+    # measured latency, NO_RATE_IN_FLIGHT (256) while no rate is known; "auto": the
+    # adaptive limit driven by latency (servers that queue instead of answering 429);
+    # a number: fixed.
+    max_in_flight: int | Literal["auto"] | None = None
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
+    # every call to the endpoint failed this long: the run ends (EndpointUnavailable)
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER_S
+    # a response body, and what gzip/deflate inflate it to, past this fails the call
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     budget_usd: float | None = None
     max_total_tokens: int | None = None
     prompts_per_request: int = 5
@@ -154,6 +167,7 @@ class Config:
     tokenizer: TokenizerName = "rouge"
     # "brute" scores every pool entry, as the reference did (slow; for comparisons)
     dedup_index: IndexName = "exact"
+    admission: AdmissionMode = "process"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
@@ -176,6 +190,17 @@ class Config:
 
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]
+
+    def in_flight_bound(self) -> int:
+        """The most requests this run may ever have in flight (workers, connection pools)."""
+        if isinstance(self.max_in_flight, int):
+            return self.max_in_flight
+        return MAX_ADAPTIVE_IN_FLIGHT
+
+    def in_flight_mode(self) -> Literal["fixed", "rate", "auto"]:
+        if self.max_in_flight == "auto":
+            return "auto"
+        return "rate" if self.max_in_flight is None else "fixed"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for printing and run.json: secrets and the credentials of
@@ -218,6 +243,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "request_timeout": (0.01, 3_600.0),
     "max_attempts": (1, 100),
     "deadline": (0.01, DAY_S),
+    "give_up_after": (0.1, DAY_S),
+    "max_response_bytes": (4_096, 1024 * 1024 * 1024),
     "budget_usd": (1e-6, 1e9),
     "max_total_tokens": (1, 10**13),
     "prompts_per_request": (1, 100),
@@ -301,6 +328,7 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
     if "Literal" in type_text or name in _LITERALS:
         literal_args = {
             "api": get_args(ApiKind),
+            "admission": get_args(AdmissionMode),
             "compat": COMPAT_MODES,
             "method": METHODS,
             "task_kinds": TASK_KINDS,
@@ -311,6 +339,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
         if value not in literal_args:
             raise _fail(key, source, value, "one of " + ", ".join(literal_args))
         return value
+    if name == "max_in_flight" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if "bool" in type_text:
         if isinstance(value, bool):
             return value
@@ -320,15 +350,16 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             return False
         raise _fail(key, source, value, "true or false")
     if "int" in type_text and "float" not in type_text:
+        integer = "an integer or 'auto'" if name == "max_in_flight" else "an integer"
         if isinstance(value, bool):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         if isinstance(value, str):
             try:
                 value = int(value.strip().replace("_", ""))
             except ValueError:
-                raise _fail(key, source, value, "an integer") from None
+                raise _fail(key, source, value, integer) from None
         if not isinstance(value, int):
-            raise _fail(key, source, value, "an integer")
+            raise _fail(key, source, value, integer)
         expected = out_of_range(name, value)
         if expected is not None:
             raise _fail(key, source, original, expected)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 
-def format_duration(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
     seconds = int(seconds)
@@ -47,9 +47,27 @@ def status_line(
     cost = float(usage.get("cost_usd", 0.0) or 0.0)
     return (
         f"tasks {written}/{target} | admitted {admitted} | {rate:.2f} tasks/s | "
-        f"in-flight {usage.get('in_flight', 0)} | 429s {usage.get('rate_limited', 0)} | "
-        f"tokens {format_count(tokens)} | ${cost:.2f} | ETA {format_duration(eta)}"
+        f"in-flight {usage.get('in_flight', 0)}{_limits(usage.get('limiter'))} | "
+        f"429s {usage.get('rate_limited', 0)} | "
+        f"tokens {format_count(tokens)} | ${cost:.2f} | ETA {format_eta(eta)}"
     )
+
+
+def _limits(limiter: Any) -> str:
+    """The in-flight cap and the rate in force with where it came from, e.g.
+    "/208 | 6000 rpm (headers)"; "/42 auto, no-load 0.31s" for --max-in-flight auto."""
+    if not isinstance(limiter, Mapping) or "in_flight_limit" not in limiter:
+        return ""  # several endpoints, or a limiter that does not say
+    text = f"/{limiter['in_flight_limit']}"
+    if limiter.get("in_flight_mode") == "auto":
+        text += " auto"
+        if limiter.get("no_load_latency_s") is not None:
+            text += f", no-load {float(limiter['no_load_latency_s']):.2f}s"
+    if limiter.get("rpm"):
+        text += f" | {float(limiter['rpm']):,.0f} rpm"
+        if limiter.get("rpm_source") not in (None, "configured"):
+            text += f" ({limiter['rpm_source']})"
+    return text
 
 
 class Progress:

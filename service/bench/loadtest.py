@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
-import resource
 import signal
 import time
 from collections import Counter, deque
@@ -32,22 +31,28 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.errors import BudgetExceeded, ConfigError, LLMError
-from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
-from service.llm.accounting import percentile
-from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
-from service.llm.errors import (
+from service.errors import (
+    BudgetExceeded,
     ClientRequestError,
+    ConfigError,
     ConnectionFailed,
     ContextLengthError,
+    LLMError,
     RetriesExhausted,
     error_kind,
 )
+from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
+from service.llm.accounting import latency_summary, percentile
+from service.llm.constants import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_ADAPTIVE_IN_FLIGHT,
+)
 from service.llm.limiter import Permit, RateLimiter
-from service.llm.secret import redact
+from service.llm.loop import raise_fd_limit
 from service.llm.types import Result
 from service.progress import Progress, format_count
-from service.secret import safe_url
+from service.secret import redact, safe_url
 
 ApiKind = Literal["chat", "completions"]
 
@@ -74,7 +79,9 @@ class BenchSettings:
     api: ApiKind = "completions"
     duration_s: float | None = None
     requests: int | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    # "auto": the adaptive in-flight limit of generate --max-in-flight auto (workers up to
+    # its bound; the limit decides how many send at once)
+    concurrency: int | Literal["auto"] = DEFAULT_CONCURRENCY
     rpm: float | None = None
     tpm: float | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -95,7 +102,8 @@ class BenchSettings:
             object.__setattr__(self, "duration_s", DEFAULT_DURATION_S)
         checks: list[tuple[str, float | int | None, float]] = [
             ("duration", self.duration_s, 0.0), ("requests", self.requests, 0),
-            ("concurrency", self.concurrency, 0), ("rpm", self.rpm, 0.0),
+            ("concurrency", None if self.concurrency == "auto" else self.concurrency, 0),
+            ("rpm", self.rpm, 0.0),
             ("tpm", self.tpm, 0.0), ("max_tokens", self.max_tokens, 0),
             ("prompt_tokens", self.prompt_tokens, 0),
             ("prompts_per_request", self.prompts_per_request, 0),
@@ -124,7 +132,7 @@ class BenchReport:
     model: str
     api: str
     stream: bool
-    concurrency: int
+    concurrency: int | str  # a number or "auto"
     prompts_per_request: int
     max_tokens: int
     rpm_limit: float | None
@@ -182,29 +190,9 @@ def make_prompt(index: int, prompt_tokens: int) -> str:
     return " ".join(words)[: max(1, prompt_tokens * 4)]
 
 
-def raise_fd_limit() -> None:
-    """Thousands of connections need file descriptors: soft limit up to the hard one."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        if soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def summarize(values: Sequence[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-
-    def r(v: float | None) -> float | None:
-        return None if v is None else round(v, 4)
-
-    return {
-        "count": len(ordered),
-        "mean": r(sum(ordered) / len(ordered)) if ordered else None,
-        "p50": r(percentile(ordered, 50)),
-        "p90": r(percentile(ordered, 90)),
-        "p99": r(percentile(ordered, 99)),
-        "max": r(ordered[-1]) if ordered else None,
-    }
+def workers_for(concurrency: int | Literal["auto"]) -> int:
+    """One worker a request in flight: the fixed number, or the adaptive limit's bound."""
+    return MAX_ADAPTIVE_IN_FLIGHT if concurrency == "auto" else concurrency
 
 
 def group_outcomes(outcomes: dict[str, int]) -> dict[str, int]:
@@ -314,7 +302,8 @@ async def bench_endpoint(settings: BenchSettings) -> AsyncIterator[BenchSettings
     async with endpoint_for(config) as live:
         yield dataclasses.replace(
             settings, base_url=live.base_url, model=live.model or "default", api=live.api,
-            concurrency=min(settings.concurrency, live.max_in_flight),
+            concurrency=("auto" if settings.concurrency == "auto"
+                         else min(settings.concurrency, live.in_flight_bound())),
         )
 
 
@@ -333,7 +322,10 @@ async def run_bench(
 
 async def _run(s: BenchSettings, progress: Progress | None, handle_signals: bool) -> BenchReport:
     assert s.base_url is not None
-    limiter = TracingLimiter(LimiterSettings(rpm=s.rpm, tpm=s.tpm, max_in_flight=s.concurrency))
+    workers_wanted = workers_for(s.concurrency)
+    limiter = TracingLimiter(LimiterSettings(
+        rpm=s.rpm, tpm=s.tpm, max_in_flight=workers_wanted,
+        in_flight="auto" if s.concurrency == "auto" else "fixed"))
     client_settings = ClientSettings(
         base_url=s.base_url,
         api_key=s.api_key,
@@ -426,7 +418,9 @@ async def _run(s: BenchSettings, progress: Progress | None, handle_signals: bool
             return (f"bench {elapsed:.0f}s{total} | sent {format_count(len(limiter.sends))} | "
                     f"ok {format_count(state.ok)} | 429 {groups['429']} | errors {errors} | "
                     f"{ok_rate:.1f} req/s | {sent_rpm:,.0f} rpm{limit} | "
-                    f"in-flight {limiter.in_flight} | p50 "
+                    f"in-flight {limiter.in_flight}"
+                    + (f"/{limiter.in_flight_limit} auto" if s.concurrency == "auto" else "")
+                    + " | p50 "
                     + ("-" if p50 is None else f"{p50:.3f}s"))
 
         async def ticker() -> None:
@@ -447,7 +441,7 @@ async def _run(s: BenchSettings, progress: Progress | None, handle_signals: bool
                     t.cancel()
 
         start = time.monotonic()
-        workers = [asyncio.create_task(worker()) for _ in range(s.concurrency)]
+        workers = [asyncio.create_task(worker()) for _ in range(workers_wanted)]
         tick = asyncio.create_task(ticker())
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
@@ -546,8 +540,8 @@ def _report(s: BenchSettings, state: _State, limiter: TracingLimiter, client: LL
         prompts_per_s=round(state.prompts / elapsed, 3),
         prompt_tokens_per_s=round(prompt_tokens / elapsed, 2),
         completion_tokens_per_s=round(completion_tokens / elapsed, 2),
-        latency_s=summarize(state.latencies),
-        ttft_s=summarize(state.ttfts) if s.stream else None,
+        latency_s=latency_summary(state.latencies),
+        ttft_s=latency_summary(state.ttfts) if s.stream else None,
         achieved_rpm=round(achieved_rpm, 2),
         steady_rpm=None if steady_rpm is None else round(steady_rpm, 2),
         rpm_ratio=round(achieved_rpm / s.rpm, 4) if s.rpm else None,

@@ -8,6 +8,7 @@ from typing import Any
 
 from dedup import INDEXES, TOKENIZERS
 from service.config import RANGES, Config, load_config
+from service.llm.constants import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_RESPONSE_BYTES
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
 GENERATE_FLAGS: dict[str, str] = {
@@ -25,9 +26,12 @@ GENERATE_FLAGS: dict[str, str] = {
     "inclusive_threshold": "inclusive_threshold",
     "tokenizer": "tokenizer",
     "dedup_index": "dedup_index",
+    "admission": "admission",
     "budget_usd": "budget_usd",
     "max_total_tokens": "max_total_tokens",
     "request_timeout": "request_timeout",
+    "give_up_after": "give_up_after",
+    "max_response_bytes": "max_response_bytes",
     "prompts_per_request": "prompts_per_request",
     "classification_share": "classification_share",
     "local_model": "local_model",
@@ -61,15 +65,18 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=["chat", "completions"], help="which API to call")
     parser.add_argument("--rpm", metavar="N", help="requests per minute to stay under")
     parser.add_argument("--tpm", metavar="N", help="tokens per minute to stay under")
-    parser.add_argument("--max-in-flight", metavar="N", help="cap on concurrent requests")
+    parser.add_argument("--max-in-flight", metavar="N|auto", help="cap on concurrent requests; auto: found from latency (self-hosted servers that queue); default: sized by Little's law from the rate limit (given or learned) and the measured latency, 256 while no rate is known")
     parser.add_argument("--seed", metavar="INT", help="makes sampling and prompts repeatable (whole runs repeat with --max-in-flight 1)")
     parser.add_argument("--threshold", metavar="F", help="ROUGE-L threshold (reject when above)")
     parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, help="ROUGE-L tokenizer")
     parser.add_argument("--dedup-index", choices=INDEXES, help="dedup prefilter (brute: score every entry, as the reference did)")
+    parser.add_argument("--admission", choices=["thread", "process"], help="where the dedup pool runs: its own process (default; a core of its own) or a thread")
     parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
     parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
     parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")
+    parser.add_argument("--give-up-after", metavar="SECONDS", help=f"end the run when every call to the endpoint has failed this long (default {DEFAULT_GIVE_UP_AFTER_S:g})")
+    parser.add_argument("--max-response-bytes", metavar="N", help=f"largest response body, also after gzip/deflate (default {DEFAULT_MAX_RESPONSE_BYTES})")
     parser.add_argument("--prompts-per-request", metavar="N", help="instruction prompts batched into one completions request")
     parser.add_argument("--classification-share", metavar="F", help="share of instruction prompts asking for classification tasks")
     parser.add_argument("--local-model", metavar="PATH.gguf", help="serve this GGUF file instead of the bundled model")

@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
@@ -18,6 +19,14 @@ from service.bench.loadtest import (
     DEFAULT_PROMPT_TOKENS,
     BenchSettings,
     run_bench,
+)
+from service.bench.sweep import (
+    DEFAULT_LEVEL_DURATION_S,
+    DEFAULT_LEVELS,
+    format_sweep,
+    parse_levels,
+    plot_sweep,
+    run_sweep,
 )
 from service.errors import ConfigError
 from service.llm import Secret, install_uvloop
@@ -42,6 +51,14 @@ def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int
     return parse
 
 
+def _concurrency(number: Callable[[str], float | int]) -> Callable[[str], int | str]:
+    def parse(text: str) -> int | str:
+        return "auto" if text.strip().lower() == "auto" else int(number(text))
+
+    parse.__name__ = "concurrency"
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     pos_int, pos_float = _positive(int), _positive(float)
     parser.add_argument("--base-url", metavar="URL",
@@ -54,8 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     amount.add_argument("--duration", type=pos_float, metavar="SECONDS",
                         help="send for this long (default 10 s)")
     amount.add_argument("--requests", type=pos_int, metavar="N", help="send N calls, then stop")
-    parser.add_argument("--concurrency", type=pos_int, default=DEFAULT_CONCURRENCY, metavar="N",
-                        help=f"calls in flight at most (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--concurrency", type=_concurrency(pos_int), default=DEFAULT_CONCURRENCY,
+                        metavar="N|auto",
+                        help=f"calls in flight at most (default {DEFAULT_CONCURRENCY}); auto: "
+                             "the adaptive limit (found from latency, as generate "
+                             "--max-in-flight auto)")
     parser.add_argument("--rpm", type=pos_float, metavar="N", help="requests per minute to stay under")
     parser.add_argument("--tpm", type=pos_float, metavar="N", help="tokens per minute to stay under")
     parser.add_argument("--max-tokens", type=pos_int, default=DEFAULT_MAX_TOKENS, metavar="N",
@@ -75,6 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help=f"per-request timeout (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
     parser.add_argument("--seed", type=int, default=0, metavar="INT", help="request seed")
+    parser.add_argument("--sweep", action="store_true",
+                        help="step the concurrency through --levels (each for --duration, "
+                             f"default {DEFAULT_LEVEL_DURATION_S:g} s) and report throughput "
+                             "against latency, marking the knee")
+    parser.add_argument("--levels", type=parse_levels, metavar="N,N,...",
+                        help="sweep: concurrency levels (default "
+                             + ",".join(map(str, DEFAULT_LEVELS)) + ")")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="sweep: write a plot (needs matplotlib: the report extra)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
 
@@ -103,6 +132,10 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "sweep", False):
+        return run_sweep_command(args)
+    if getattr(args, "levels", None) or getattr(args, "plot", None):
+        raise ConfigError("--levels and --plot need --sweep")
     settings = settings_from_args(args)
     if settings.api == "chat" and settings.prompts_per_request != 1:
         raise ConfigError("--prompts-per-request needs --api completions")
@@ -117,3 +150,22 @@ def run(args: argparse.Namespace) -> int:
     if report.aborted == "interrupted":
         return 130
     return 0 if report.ok > 0 else 1
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    if args.requests is not None:
+        raise ConfigError("--sweep runs each level for --duration, not --requests")
+    if args.duration is None:
+        args.duration = DEFAULT_LEVEL_DURATION_S
+    settings = settings_from_args(args)
+    install_uvloop()
+    progress = Progress(quiet=args.quiet)
+    result = asyncio.run(run_sweep(settings, args.levels or DEFAULT_LEVELS, progress=progress))
+    if args.plot is not None:
+        plot_sweep(result, args.plot)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
+    else:
+        sys.stdout.write(format_sweep(result) + "\n")
+    sys.stdout.flush()
+    return 0 if any(p.ok for p in result.points) else 1

@@ -27,7 +27,7 @@ _FIELDS: dict[str, type] = {
     "latency_ms": float, "jitter": float, "error_rate": float, "reset_rate": float,
     "garbage_rate": float, "hang_rate": float, "hang_seconds": float, "truncate_rate": float,
     "duplicate_rate": float, "bad_item_rate": float, "context_tokens": int, "model": str,
-    "seed": int,
+    "seed": int, "capacity": int, "batch_slowdown": float, "queue_limit": int,
 }
 
 
@@ -51,12 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=int, metavar="N", default=d.context_tokens, help=f"prompt + max_tokens above this: 400 context_length_exceeded (default {d.context_tokens})")
     parser.add_argument("--model", default=d.model, help=f"model name listed by /v1/models (default {d.model})")
     parser.add_argument("--seed", type=int, metavar="INT", default=0, help="makes answers, faults and latency repeatable (default 0)")
+    parser.add_argument("--capacity", type=int, metavar="N", help="serve at most N requests together (a self-hosted server: no 429s, a FIFO queue; default: unlimited)")
+    parser.add_argument("--batch-slowdown", type=float, metavar="F", default=d.batch_slowdown, help=f"with --capacity: a full batch is 1+F times slower than one request (default {d.batch_slowdown:g})")
+    parser.add_argument("--queue-limit", type=int, metavar="N", help="with --capacity: answer 503 when N requests already wait (default: no limit)")
+    parser.add_argument("--no-ratelimit-headers", dest="ratelimit_headers", action="store_false", help="send no x-ratelimit-* headers: a 429 with Retry-After is the only sign of the limits")
     parser.add_argument("--require-api-key", action="store_true", help=f"demand 'Authorization: Bearer <key>' with the key from ${API_KEY_ENV} (or $OPENAI_API_KEY)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SimSettings:
     values: dict[str, Any] = {name: getattr(args, name) for name in _FIELDS
                               if getattr(args, name, None) is not None}
+    values["ratelimit_headers"] = getattr(args, "ratelimit_headers", True)
     if getattr(args, "require_api_key", False):
         key = os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY")
         if not key:

@@ -197,6 +197,7 @@ class Keys:
         self.tasks = base + "tasks"
         self.bucket = base + "bucket"
         self.pause = base + "pause"
+        self.limits = base + "limits"  # limits one process learned, for all (a hash)
 
 
 async def _shielded(awaitable: Awaitable[T]) -> T:
@@ -234,14 +235,22 @@ def _fields(raw: dict[Any, Any]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- rate limit
+LIMITS_REFRESH_S = 2.0
+
+
 class SharedRateLimiter(RateLimiter):
     """The local limiter's concurrency cap and 429 pause, plus one Redis token bucket
     that every process of the run takes from. One waiter per process polls Redis at a
     time (a local lock), so the waiting is FIFO locally and cheap for Redis."""
 
     def __init__(self, settings: LimiterSettings, client: aioredis.Redis, keys: Keys) -> None:
-        super().__init__(replace(settings, rpm=None, tpm=None))
+        super().__init__(replace(settings, rpm=None, tpm=None, pace_locally=False))
         self.shared = settings
+        # Limits learned here (headers, 429s) are published; until this process learns
+        # any, it uses what another one published (read every LIMITS_REFRESH_S).
+        self._published: tuple[float, float] = (0.0, 0.0)
+        self._others: tuple[float, float] = (0.0, 0.0)
+        self._others_read_at = -LIMITS_REFRESH_S
         self._redis = client
         self._keys = keys
         self._take_script = client.register_script(_TAKE)
@@ -250,16 +259,41 @@ class SharedRateLimiter(RateLimiter):
         self._background: set[asyncio.Task[None]] = set()
         self.shared_waits = 0
 
+    def shared_rates(self) -> tuple[float, float]:
+        """(rpm, tpm) of the shared bucket, 0 for none: configured, else learned here,
+        else learned by another process."""
+        rpm = self.shared.rpm or self.rpm or self._others[0]
+        tpm = self.shared.tpm or self.learned.tpm or self._others[1]
+        return float(rpm or 0.0), float(tpm or 0.0)
+
+    async def _exchange_limits(self) -> None:
+        learned = (float(self.rpm or 0.0), float(self.learned.tpm or 0.0))
+        if learned != (0.0, 0.0) and learned != self._published:
+            self._published = learned
+            await _shielded(self._redis.hset(self._keys.limits, mapping={
+                "rpm": learned[0], "tpm": learned[1], "source": self.rpm_source or "headers"}))
+        now = asyncio.get_running_loop().time()
+        if learned[0] == 0.0 and now - self._others_read_at >= LIMITS_REFRESH_S:
+            self._others_read_at = now
+            raw = await _shielded(self._redis.hmget(self._keys.limits, ["rpm", "tpm"]))
+            self._others = (_float(raw[0]), _float(raw[1]))
+
     async def wait_for_permit(self, tokens: int = 0) -> Permit:
         permit = await super().wait_for_permit(tokens)
-        if not (self.shared.rpm or self.shared.tpm):
+        try:
+            await self._exchange_limits()
+        except BaseException:
+            permit.release()
+            raise
+        rpm, tpm = self.shared_rates()
+        if not (rpm or tpm):
             return permit
         try:
             async with self._lock:
                 while True:
                     wait_ms = int(await _shielded(self._take_script(
                         keys=[self._keys.bucket, self._keys.pause],
-                        args=[self.shared.rpm or 0, self.shared.tpm or 0,
+                        args=[rpm, tpm,
                               self.shared.burst_seconds, max(0, tokens)],
                     )))
                     if wait_ms <= 0:
@@ -283,9 +317,23 @@ class SharedRateLimiter(RateLimiter):
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
-        snap.update(rpm=self.shared.rpm, tpm=self.shared.tpm, shared=True,
+        rpm, tpm = self.shared_rates()
+        snap.update(rpm=rpm or None, tpm=tpm or None, shared=True,
                     shared_waits=self.shared_waits)
+        if self.shared.rpm:
+            snap["rpm_source"] = "configured"
+        elif not self.rpm and rpm:
+            snap["rpm_source"] = "another process"
         return snap
+
+
+def _float(raw: Any) -> float:
+    """A number another process stored in Redis: finite and >= 0, else 0 (none)."""
+    try:
+        value = float(_text(raw)) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return value if 0.0 <= value < float("inf") else 0.0
 
 
 # --------------------------------------------------------------------------- coordinator

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from service.config import Config
-from service.generate.backend import Choice, Sampling, StagePrompt
+from service.generate.backend import Sampling, StageAnswer, StagePrompt
 from service.llm import (
     BudgetSettings,
     ClientSettings,
@@ -59,7 +59,7 @@ class LLMBackend:
 
     async def complete(
         self, stage: str, prompts: Sequence[StagePrompt], sampling: Sampling
-    ) -> list[Choice]:
+    ) -> list[StageAnswer]:
         client = self._clients[self._base_url(stage)]
         model = self.stage_model(stage)
         options: dict[str, Any] = {
@@ -104,13 +104,13 @@ def _messages(prompt: StagePrompt) -> list[dict[str, str]]:
     return messages
 
 
-def _first(choices: Sequence[Any]) -> Choice:
+def _first(choices: Sequence[Any]) -> StageAnswer:
     """The first choice, or an empty one if the endpoint returned none for this prompt
     (an empty answer is parsed into nothing and counted, never crashes the run)."""
     if not choices:
-        return Choice("", "missing")
+        return StageAnswer("", "missing")
     choice = choices[0]
-    return Choice(str(choice.text), choice.finish_reason)
+    return StageAnswer(str(choice.text), choice.finish_reason)
 
 
 def client_settings(config: Config, base_url: str) -> ClientSettings:
@@ -119,16 +119,19 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
         api_key=config.api_key,
         model=config.model or DEFAULT_MODEL,
         limiter=LimiterSettings(rpm=config.rpm, tpm=config.tpm,
-                                max_in_flight=config.max_in_flight),
+                                max_in_flight=config.in_flight_bound(),
+                                in_flight=config.in_flight_mode()),
         retry=RetrySettings(max_attempts=config.max_attempts,
                             request_timeout_s=config.request_timeout,
-                            deadline_s=config.deadline),
+                            deadline_s=config.deadline,
+                            give_up_after_s=config.give_up_after),
         prices={model: Price(i, o) for model, (i, o) in config.prices.items()},
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,
         # SELFINSTRUCT_HTTP_CLIENT=aiohttp: every call through aiohttp instead of the lean pool
         lean_http=os.environ.get("SELFINSTRUCT_HTTP_CLIENT", "lean") != "aiohttp",
+        max_response_bytes=config.max_response_bytes,
     )
 
 

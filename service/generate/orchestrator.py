@@ -15,11 +15,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.config import Config, StageConfig
 from service.errors import ConfigError, SelfInstructError
-from service.generate.admission import make_admit
+from service.generate.admission import open_admission
 from service.generate.backend import Backend
 from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
@@ -62,9 +62,18 @@ async def endpoint_for(config: Config) -> AsyncIterator[Config]:
             base_url=server.base_url,
             model=config.model or server.model,
             # Completions suit the bundled model: our prompts are continuations.
-            max_in_flight=min(config.max_in_flight, max(1, config.local_n_parallel * 2)),
+            max_in_flight=local_in_flight(config),
             stages=local_stage_limits(config),
         )
+
+
+def local_in_flight(config: Config) -> int | Literal["auto"]:
+    """The embedded server has ``local_n_parallel`` slots: twice that keeps them busy
+    (a fixed setting above it only queues); "auto" finds it by itself."""
+    slots = max(1, config.local_n_parallel * 2)
+    if config.max_in_flight == "auto":
+        return "auto"
+    return slots if config.max_in_flight is None else min(config.max_in_flight, slots)
 
 
 def local_stage_limits(config: Config) -> dict[str, StageConfig]:
@@ -120,7 +129,9 @@ async def run_generate(
                 None, coordinator.make_admit, live_config, seed_texts
             )
         else:
-            admit = make_admit(live_config, seed_texts, _existing_texts(run_dir))
+            admit = stack.enter_context(
+                open_admission(live_config, seed_texts, _existing_texts(run_dir))
+            )
         templates = load_templates(config.templates) if config.templates is not None else None
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
                             coordinator=coordinator, templates=templates)
@@ -165,7 +176,8 @@ async def _join_distributed(
                                    lease_seconds=config.lease_seconds)
     stack.push_async_callback(coordinator.aclose)
     limiter = SharedRateLimiter(
-        LimiterSettings(rpm=config.rpm, tpm=config.tpm, max_in_flight=config.max_in_flight),
+        LimiterSettings(rpm=config.rpm, tpm=config.tpm, max_in_flight=config.in_flight_bound(),
+                        in_flight=config.in_flight_mode()),
         coordinator.aio, coordinator.keys,
     )
     return coordinator, limiter

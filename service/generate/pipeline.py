@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service.config import Config
-from service.errors import BudgetExceeded, LLMError, RunDirError
+from service.errors import BudgetExceeded, LLMError, RunDirError, is_fatal
 from service.generate import control, records, resume, supply
 from service.generate.backend import Backend
 from service.generate.control import RunControl
@@ -48,7 +48,6 @@ from service.generate.seams import (
 )
 from service.generate.stage_calls import Candidate, StageCalls
 from service.generate.templates import Templates, load_templates
-from service.llm.errors import is_fatal
 from service.rundir.seeds import SeedTask
 from service.rundir.store import INSTRUCTIONS, RAW_FILES, REJECTED, TASKS, RunDir
 
@@ -95,7 +94,7 @@ class Pipeline:
         # One request at a time: take turns (see the module docstring), so runs repeat.
         self.sequential = config.max_in_flight == 1 and coordinator is None
         self._dedup_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
-        n_workers = max(1, config.max_in_flight)
+        n_workers = max(1, config.in_flight_bound())
         self.n_task_workers = n_workers
         self.n_instruction_workers = max(1, min(64, n_workers // 4))
         self._candidates: asyncio.Queue[list[Candidate]] = asyncio.Queue(

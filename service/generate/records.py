@@ -1,5 +1,5 @@
 """What a run writes: the records of instructions.jsonl, tasks.jsonl and rejected.jsonl,
-and run.json's counters. One place, so the files' shapes (docs/contract.md) are read here
+and run.json's counters. The files' shapes (README, "The run directory") are made here
 and nowhere else in the pipeline."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.config import Config
-from service.generate.backend import Backend, Choice, Sampling, StagePrompt
+from service.generate.backend import Backend, Sampling, StageAnswer, StagePrompt
 from service.generate.filters import OVER_INSTANCE_LIMIT, check_instances
 from service.generate.processing import rules_for
 from service.generate.records import TRUNCATED, RunState
@@ -61,7 +61,7 @@ class StageCalls:
         self.output_first_examples = instance_stage.pick_instance_examples(self.seeds, True, 3)
 
     async def call(self, stage: str, prompts: Sequence[StagePrompt],
-                   sampling: Sampling) -> list[Choice]:
+                   sampling: Sampling) -> list[StageAnswer]:
         """The backend's answer, with a ``call_finished`` event either way."""
         try:
             choices = await self.backend.complete(stage, prompts, sampling)
@@ -131,13 +131,13 @@ class StageCalls:
             out.append((StagePrompt(prompt.text, self.templates.instructions_chat_system), prompt))
         return out
 
-    def raw(self, stage: str, choice: Choice, **fields: Any) -> None:
+    def raw(self, stage: str, choice: StageAnswer, **fields: Any) -> None:
         """--keep-raw: the call's raw answer, shaped like ``selfinstruct parse``'s input."""
         if self.on_raw is not None:
             self.on_raw(stage, {"request_idx": self.requests, **fields, "text": choice.text,
                                 "finish_reason": choice.finish_reason})
 
-    def candidates_from(self, choice: Choice, prompt: InstructionPrompt) -> list[Candidate]:
+    def candidates_from(self, choice: StageAnswer, prompt: InstructionPrompt) -> list[Candidate]:
         """The answer's new instructions that pass the instruction filters; the others
         go to rejected.jsonl."""
         if isinstance(prompt, alpaca_stage.AlpacaPrompt):
@@ -164,7 +164,7 @@ class StageCalls:
             out.append((item.text, source))
         return out
 
-    def alpaca_candidates(self, choice: Choice, prompt: alpaca_stage.AlpacaPrompt) -> list[Candidate]:
+    def alpaca_candidates(self, choice: StageAnswer, prompt: alpaca_stage.AlpacaPrompt) -> list[Candidate]:
         """Whole tasks: the instruction goes to admission, its instance waits here."""
         self.raw("alpaca", choice, next_number=prompt.next_number)
         filters = alpaca_stage.alpaca_filter_config(self.config.filters)
@@ -211,7 +211,7 @@ class StageCalls:
             self.state.classified_yes += 1
         return answer
 
-    async def instances(self, instruction: str, is_cls: bool) -> Choice:
+    async def instances(self, instruction: str, is_cls: bool) -> StageAnswer:
         """The instance call's answer (output-first for classification)."""
         if is_cls:
             prompt = instance_stage.build_output_first_prompt(

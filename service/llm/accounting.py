@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,27 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+def latency_summary(values: Sequence[float], *, count: int | None = None,
+                    total: float | None = None) -> dict[str, float | int | None]:
+    """count, mean, p50/p90/p99 and max (seconds, rounded to 0.1 ms) of ``values``; a
+    sample of a larger series passes the series' own ``count`` and ``total``."""
+    ordered = sorted(values)
+    n = len(ordered) if count is None else count
+    sum_all = sum(ordered) if total is None else total
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 4)
+
+    return {
+        "count": n,
+        "mean": r(sum_all / n) if n else None,
+        "p50": r(percentile(ordered, 50)),
+        "p90": r(percentile(ordered, 90)),
+        "p99": r(percentile(ordered, 99)),
+        "max": r(ordered[-1]) if ordered else None,
+    }
+
+
 class _Reservoir:
     def __init__(self, size: int = _RESERVOIR, seed: int = 0) -> None:
         self.size = size
@@ -54,18 +75,7 @@ class _Reservoir:
                 self.values[j] = value
 
     def summary(self) -> dict[str, float | int | None]:
-        def r(v: float | None) -> float | None:
-            return None if v is None else round(v, 4)
-
-        ordered = sorted(self.values)
-        return {
-            "count": self.count,
-            "mean": r(self.total / self.count) if self.count else None,
-            "p50": r(percentile(ordered, 50)),
-            "p90": r(percentile(ordered, 90)),
-            "p99": r(percentile(ordered, 99)),
-            "max": r(ordered[-1]) if ordered else None,
-        }
+        return latency_summary(self.values, count=self.count, total=self.total)
 
 
 class Accounting:

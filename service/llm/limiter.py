@@ -17,6 +17,15 @@ Design
   counts once); the factor then creeps back additively to 1.
 * ``x-ratelimit-remaining-*`` clamp the buckets (the server knows best); a dimension with
   no configured rate pauses until ``x-ratelimit-reset-*`` when its remaining hits 0.
+  Every number from the server is untrusted: used only when finite, clamped (a reset or
+  pause is at most ``MAX_RETRY_AFTER_S``).
+* Limits nobody configured are learned (:mod:`service.llm.adaptive`): from
+  ``x-ratelimit-limit-requests/-tokens`` when the server announces them, else a request
+  rate found from 429 bursts (AIMD).
+* In flight: a fixed cap; or (``in_flight="rate"``) sized by Little's law from the rate
+  in force and the measured latency (``NO_RATE_IN_FLIGHT`` while no rate is known); or
+  (``in_flight="auto"``) the adaptive limit of :mod:`service.llm.concurrency`, driven by
+  latency. ``max_in_flight`` bounds the last two.
 * Cancellation-safe: a cancelled waiter leaves the queue (or, if it was granted in the
   same loop iteration it was cancelled, gives its grant back).
 """
@@ -29,14 +38,24 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
+from service.llm.adaptive import (
+    AimdRate,
+    LearnedLimits,
+    clamp_seconds,
+    header_number,
+    little_in_flight,
+)
+from service.llm.concurrency import GradientLimit, Slots
 from service.llm.constants import (
     DECREASE_COOLDOWN_S,
     DEFAULT_BURST_SECONDS,
     DEFAULT_MAX_IN_FLIGHT,
+    LATENCY_EWMA_WEIGHT,
     MIN_BURST_REQUESTS,
     MIN_RATE_FACTOR,
+    NO_RATE_IN_FLIGHT,
     RATE_DECREASE_FACTOR,
     RATE_RECOVERY_PER_S,
 )
@@ -51,6 +70,10 @@ _TOLERANCE_S = 1e-3
 _HEADER_DIMS = (("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
                 ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"))
 _DEFAULT_429_PAUSE_S = 1.0
+InFlightMode = Literal["fixed", "rate", "auto"]
+# What a finished attempt tells the limiter (Permit.finish): "overload" is a timeout, a
+# 5xx or a refused connection; "failed" anything that says nothing about load.
+Outcome = Literal["ok", "rate_limited", "overload", "failed"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,10 @@ class LimiterSettings:
     min_factor: float = MIN_RATE_FACTOR
     recovery_per_s: float = RATE_RECOVERY_PER_S
     decrease_cooldown_s: float = DECREASE_COOLDOWN_S
+    in_flight: InFlightMode = "fixed"  # "rate"/"auto": max_in_flight is the upper bound
+    # False: learned rates are recorded (``rpm``, ``learned``) but not paced here; a shared
+    # limiter (one bucket for many processes) paces with them instead
+    pace_locally: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -87,9 +114,6 @@ class _Bucket:
         self.rate = per_minute / 60.0
         self.capacity = max(floor, self.rate * burst_seconds)
         self.level = self.capacity if initial is None else min(self.capacity, initial)
-
-    def refill(self, dt: float, factor: float) -> None:
-        self.level = min(self.capacity, self.level + self.rate * factor * dt)
 
     def need(self, amount: float) -> float:
         # an amount above capacity is granted from a full bucket (then runs into debt)
@@ -121,7 +145,12 @@ class RateLimiter:
             if settings.rpm else None
         )
         self._tokens = _Bucket(settings.tpm, settings.burst_seconds, 1.0) if settings.tpm else None
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self.learned = LearnedLimits(settings.rpm, settings.tpm)
+        self.aimd = AimdRate()
+        self.concurrency = (GradientLimit(max_limit=settings.max_in_flight)
+                            if settings.in_flight == "auto" else None)
+        self.latency_s: float | None = None  # running mean of successful attempts
+        self._slots = Slots(self._in_flight_cap())
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0  # clock time the armed timer is due
@@ -167,33 +196,56 @@ class RateLimiter:
             raise
         self.in_flight += 1
         self.granted += 1
-        return Permit(self, max(0, tokens))
+        return Permit(self, max(0, tokens), self._clock())
+
+    @property
+    def rpm(self) -> float | None:
+        """The request rate in force: configured, announced, or found from 429s."""
+        return self.learned.rpm or self.aimd.rpm
+
+    @property
+    def rpm_source(self) -> str | None:
+        if self.learned.configured_rpm:
+            return "configured"
+        if self.learned.announced_rpm:
+            return "headers"
+        return "429s" if self.aimd.rpm else None
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self._slots.limit
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         """A 429: pause everyone until the server's Retry-After, cut the rate (adaptive)."""
         now = self._advance()
         self.rate_limited += 1
-        pause = _DEFAULT_429_PAUSE_S if retry_after is None else retry_after
-        self._paused_until = max(self._paused_until, now + pause)
-        if self.settings.adaptive and now - self._last_decrease >= self.settings.decrease_cooldown_s:
+        pause = clamp_seconds(retry_after)
+        self._paused_until = max(self._paused_until,
+                                 now + (_DEFAULT_429_PAUSE_S if pause is None else pause))
+        if self.settings.adaptive and self.learned.rpm is None:
+            # Nothing configured or announced: the 429s are the only measure of the limit.
+            if self.aimd.on_rate_limited(now, self.latency_s or 0.0):
+                self.decreases += 1
+                self._apply_rates()
+        elif self.settings.adaptive and \
+                now - self._last_decrease >= self.settings.decrease_cooldown_s:
             self._factor = max(self.settings.min_factor, self._factor * self.settings.decrease_factor)
             self._last_decrease = now
             self.decreases += 1
         self._reschedule()
 
     def on_headers(self, headers: Mapping[str, str]) -> None:
-        """Honour ``x-ratelimit-remaining-requests/-tokens`` and ``x-ratelimit-reset-*``."""
+        """Learn ``x-ratelimit-limit-*``; honour ``x-ratelimit-remaining-requests/-tokens``
+        and ``x-ratelimit-reset-*`` (finite and clamped: a peer's numbers are untrusted)."""
+        if self.settings.adaptive and self.learned.observe(headers):
+            self._apply_rates()
         # Levels only go down and pauses only grow here: an armed timer that now fires
         # early simply re-arms, so nothing is rescheduled.
         now: float | None = None
         for bucket, (remaining_key, reset_key) in zip((self._requests, self._tokens),
                                                       _HEADER_DIMS, strict=True):
-            raw = headers.get(remaining_key)
-            if raw is None:
-                continue
-            try:
-                remaining = float(raw)
-            except ValueError:
+            remaining = header_number(headers, remaining_key, 0.0, float("inf"))
+            if remaining is None:
                 continue
             if now is None:
                 now = self._advance()
@@ -201,9 +253,69 @@ class RateLimiter:
                 if remaining < bucket.level:
                     bucket.level = remaining
             elif remaining <= 0:
-                reset = parse_duration(headers.get(reset_key, ""))
+                reset = clamp_seconds(parse_duration(headers.get(reset_key, "")[:64]))
                 if reset:
                     self._paused_until = max(self._paused_until, now + reset)
+
+    def _apply_rates(self) -> None:
+        """Put the rates in force (configured, announced or found) into the buckets,
+        keeping their levels: a change of limit does not grant a new burst."""
+        self._advance()
+        settings = self.settings
+        rpm, tpm = (self.rpm, self.learned.tpm) if settings.pace_locally else \
+            (settings.rpm, settings.tpm)
+        burst = settings.burst_seconds
+        if rpm is None:
+            self._requests = None
+        elif self._requests is None:
+            self._requests = _Bucket(rpm, burst, MIN_BURST_REQUESTS, initial=MIN_BURST_REQUESTS)
+        elif self._requests.rate != rpm / 60.0:
+            level = self._requests.level
+            self._requests = _Bucket(rpm, burst, MIN_BURST_REQUESTS, initial=level)
+        if tpm is None:
+            self._tokens = None
+        elif self._tokens is None:
+            self._tokens = _Bucket(tpm, burst, 1.0, initial=0.0)
+        elif self._tokens.rate != tpm / 60.0:
+            self._tokens = _Bucket(tpm, burst, 1.0, initial=self._tokens.level)
+        self._slots.set_limit(self._in_flight_cap())
+        if self._timer is not None or self._queue:
+            self._reschedule()
+
+    def _in_flight_cap(self) -> int:
+        settings = self.settings
+        if settings.in_flight == "auto" and self.concurrency is not None:
+            return self.concurrency.limit
+        if settings.in_flight == "rate":
+            rpm = self.rpm
+            if rpm is None:
+                return min(settings.max_in_flight, NO_RATE_IN_FLIGHT)
+            # Before any latency is measured, assume a slow endpoint (one second).
+            return little_in_flight(rpm, 1.0 if self.latency_s is None else self.latency_s,
+                                    bound=settings.max_in_flight)
+        return settings.max_in_flight
+
+    def _finish(self, permit: Permit, outcome: Outcome) -> None:
+        """What one attempt's end says about the server: its latency, served or not."""
+        now = self._clock()
+        latency = max(0.0, now - permit.granted_at)
+        if outcome == "ok":
+            self.aimd.on_success(now)
+            self.latency_s = latency if self.latency_s is None else \
+                self.latency_s + LATENCY_EWMA_WEIGHT * (latency - self.latency_s)
+            if self.aimd.rpm is not None and self.learned.rpm is None:
+                before = self.aimd.rpm
+                self.aimd.tick(now)
+                if self.aimd.rpm != before:
+                    self._advance()
+                    if self._requests is not None:
+                        self._requests.rate = self.aimd.rpm / 60.0
+        if self.concurrency is not None and outcome in ("ok", "overload"):
+            self.concurrency.on_sample(now, latency, self.in_flight,
+                                       overload=outcome == "overload")
+        cap = self._in_flight_cap()
+        if cap != self._slots.limit:
+            self._slots.set_limit(cap)
 
     # ---------------------------------------------------------------- internals
     def _advance(self) -> float:
@@ -332,10 +444,20 @@ class RateLimiter:
             self.on_release()
 
     def snapshot(self) -> dict[str, Any]:
+        rpm = self.rpm
+        concurrency = self.concurrency
         return {
-            "rpm": self.settings.rpm,
-            "tpm": self.settings.tpm,
+            "rpm": None if rpm is None else round(rpm, 1),
+            "tpm": self.learned.tpm,
+            "rpm_source": self.rpm_source,
+            "announced_rpm": self.learned.announced_rpm,
+            "announced_tpm": self.learned.announced_tpm,
             "max_in_flight": self.settings.max_in_flight,
+            "in_flight_mode": self.settings.in_flight,
+            "in_flight_limit": self._slots.limit,
+            "latency_s": None if self.latency_s is None else round(self.latency_s, 4),
+            "no_load_latency_s": (None if concurrency is None or concurrency.no_load_s is None
+                                  else round(concurrency.no_load_s, 4)),
             "rate_factor": round(self._factor, 4),
             "paused_for_s": round(self.paused_for(), 3),
             "in_flight": self.in_flight,
@@ -351,17 +473,26 @@ class Permit:
     """One admitted request: :meth:`settle` with the actual tokens, then :meth:`release`.
     Usable as ``async with await limiter.acquire(n) as permit:``."""
 
-    __slots__ = ("_limiter", "_released", "tokens")
+    __slots__ = ("_finished", "_limiter", "_released", "granted_at", "tokens")
 
-    def __init__(self, limiter: RateLimiter, tokens: int) -> None:
+    def __init__(self, limiter: RateLimiter, tokens: int, granted_at: float) -> None:
         self._limiter = limiter
         self.tokens = tokens
+        self.granted_at = granted_at  # limiter clock: the attempt's latency is measured from here
         self._released = False
+        self._finished = False
 
     def settle(self, actual_tokens: int) -> None:
         """Correct the token charge from the response's ``usage`` (refund or debit)."""
         self._limiter._settle(self.tokens, actual_tokens)
         self.tokens = actual_tokens
+
+    def finish(self, outcome: Outcome) -> None:
+        """Tell the limiter how the attempt ended (once; call before :meth:`release`):
+        its latency and outcome drive learned rates and the adaptive in-flight limit."""
+        if not self._finished and not self._released:
+            self._finished = True
+            self._limiter._finish(self, outcome)
 
     def release(self) -> None:
         if not self._released:

@@ -34,7 +34,7 @@ def parse_duration(value: str) -> float | None:
     except ValueError:
         pass
     else:
-        return seconds if seconds >= 0 else None
+        return seconds if 0 <= seconds < float("inf") else None  # NaN, inf: unusable
     pos, total = 0, 0.0
     unit_seconds = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     for match in _DURATION_PART.finditer(text):
@@ -103,10 +103,6 @@ def retry_delay(
     """A server's Retry-After is a floor; jittered backoff spreads the herd above it."""
     jittered = backoff_delay(attempt, rng, base, cap)
     return jittered if retry_after is None else retry_after + jittered * 0.1
-
-
-def is_retryable_status(status: int) -> bool:
-    return status == 429 or status == 408 or 500 <= status <= 599
 
 
 def is_context_length_error(status: int, message: str) -> bool:

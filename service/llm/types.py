@@ -57,7 +57,3 @@ class Result:
 
     def by_prompt(self) -> list[list[Choice]]:
         return [self.for_prompt(i) for i in range(self.n_prompts)]
-
-
-CompletionResult = Result
-ChatResult = Result

@@ -50,7 +50,6 @@ holds the records in memory (a few hundred bytes each).
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -61,7 +60,7 @@ from typing import Any
 import orjson
 
 from service.errors import RunDirError
-from service.rundir.store import SEEDS, TASKS, open_file
+from service.rundir.store import SEEDS, TASKS, atomic_file, read_jsonl
 
 EXPORT_DIR = "export"
 END_OF_TEXT = "<|endoftext|>"
@@ -222,24 +221,14 @@ class _TornTail:
 
 def _iter_tasks(path: Path, torn: _TornTail) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, object); a bad complete line is an error, a torn last line is skipped."""
-    if not path.exists() and not path.is_symlink():
-        return
-    with open_file(path) as fh:  # a link is refused, never followed
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                torn.seen = True
-                return
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RunDirError(
-                    f"{path}:{lineno}: not valid JSON ({exc}); run `selfinstruct verify`"
-                ) from None
-            if not isinstance(obj, dict):
-                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+
+    def seen(_line: int) -> None:
+        torn.seen = True
+
+    try:
+        yield from read_jsonl(path, torn="skip", on_torn=seen)
+    except RunDirError as exc:
+        raise RunDirError(f"{exc}; run `selfinstruct verify`") from None
 
 
 def _instances(path: Path, lineno: int, task: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -289,44 +278,36 @@ def export_run(
         raise RunDirError(f"{root}: no {TASKS} (not a run directory, or no task finished yet)")
     dest = Path(out) if out is not None else default_export_path(root, fmt)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     counts = {"tasks": 0, "seeds": 0, "records": 0, "skipped": 0}
     torn = _TornTail()
     seed_torn = _TornTail()
-    try:
-        with tmp.open("wb") as fh:
-            sources: list[tuple[str, Path, _TornTail]] = []
-            if include_seeds:
-                sources.append(("seeds", root / SEEDS, seed_torn))
-            sources.append(("tasks", tasks_path, torn))
-            if compat == "reference":
-                sources.reverse()  # the reference appends the seed tasks after its own
+    with atomic_file(dest) as fh:
+        sources: list[tuple[str, Path, _TornTail]] = []
+        if include_seeds:
+            sources.append(("seeds", root / SEEDS, seed_torn))
+        sources.append(("tasks", tasks_path, torn))
+        if compat == "reference":
+            sources.reverse()  # the reference appends the seed tasks after its own
 
-            def instances() -> Iterator[tuple[str, str, str]]:
-                for kind, path, tail in sources:
-                    for lineno, task in _iter_tasks(path, tail):
-                        counts[kind] += 1
-                        wrote = 0
-                        for triple in _instances(path, lineno, task):
-                            yield triple
-                            wrote += 1
-                        if wrote == 0:
-                            counts["skipped"] += 1
+        def instances() -> Iterator[tuple[str, str, str]]:
+            for kind, path, tail in sources:
+                for lineno, task in _iter_tasks(path, tail):
+                    counts[kind] += 1
+                    wrote = 0
+                    for triple in _instances(path, lineno, task):
+                        yield triple
+                        wrote += 1
+                    if wrote == 0:
+                        counts["skipped"] += 1
 
-            if compat == "reference":
-                for record in _reference_records(instances(), random.Random(seed)):
-                    fh.write(orjson.dumps(record) + b"\n")
-                    counts["records"] += 1
-            else:
-                for instruction, input_text, output in instances():
-                    fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
-                    counts["records"] += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        if compat == "reference":
+            for record in _reference_records(instances(), random.Random(seed)):
+                fh.write(orjson.dumps(record) + b"\n")
+                counts["records"] += 1
+        else:
+            for instruction, input_text, output in instances():
+                fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                counts["records"] += 1
     return ExportResult(
         path=dest,
         format=fmt,

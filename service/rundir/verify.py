@@ -1,4 +1,4 @@
-"""Check a run directory's invariants (contract.md) and report every broken one.
+"""Check a run directory's invariants (README, "The run directory") and report every broken one.
 
 ``verify_run(path) -> VerifyReport`` reads the run directory without taking its lock and
 without changing anything (a torn last line is reported, not repaired), so it can check a
@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-
 from service.errors import RunDirError
 from service.rundir.store import (
     INSTRUCTIONS,
@@ -44,7 +42,7 @@ from service.rundir.store import (
     RUN_JSON,
     SEEDS,
     TASKS,
-    open_file,
+    read_jsonl,
     read_run_json,
 )
 
@@ -166,30 +164,23 @@ def _iter_records(
     ``lines[file]`` counts the non-blank lines, good or bad (what a counter should equal).
     """
     name = path.name
-    if not path.exists() and not path.is_symlink():
-        return
-    with open_file(path) as fh:  # a link is refused, never followed
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            lines[name] += 1
-            if not raw.endswith(b"\n"):
-                report.add(
-                    PARSE,
-                    "incomplete last line (a crash mid-write; opening the run directory "
-                    "again, e.g. resuming generate, cuts it off)",
-                    name, lineno,
-                )
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                report.add(PARSE, f"not valid JSON ({exc})", name, lineno)
-                continue
-            if not isinstance(obj, dict):
-                report.add(PARSE, f"expected a JSON object, got {type(obj).__name__}", name, lineno)
-                continue
-            yield lineno, obj
+
+    def torn(lineno: int) -> None:
+        lines[name] += 1
+        report.add(
+            PARSE,
+            "incomplete last line (a crash mid-write; opening the run directory "
+            "again, e.g. resuming generate, cuts it off)",
+            name, lineno,
+        )
+
+    def problem(lineno: int, what: str) -> None:
+        lines[name] += 1
+        report.add(PARSE, what, name, lineno)
+
+    for lineno, obj in read_jsonl(path, torn="skip", on_torn=torn, on_problem=problem):
+        lines[name] += 1
+        yield lineno, obj
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -56,6 +56,9 @@ class Totals:
     limiter_queued: int = 0
     candidates_queued: int = 0
     tasks_queued: int = 0
+    # limits in force (configured or learned), the largest over live jobs: "rpm", "tpm",
+    # "in_flight" (the current in-flight cap), "no_load_latency_s" (--max-in-flight auto)
+    limits: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
         self.attempts_by_outcome.update(other.attempts_by_outcome)
@@ -65,12 +68,15 @@ class Totals:
                      "candidates_seen", "in_flight", "limiter_queued", "candidates_queued",
                      "tasks_queued"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, value in other.limits.items():
+            self.limits[key] = max(value, self.limits.get(key, value))
 
     def without_gauges(self) -> Totals:
         """The counters only: what a finished pipeline leaves behind."""
         copy = Totals()
         copy.add(self)
         copy.in_flight = copy.limiter_queued = copy.candidates_queued = copy.tasks_queued = 0
+        copy.limits = {}
         return copy
 
 
@@ -108,6 +114,28 @@ def _limiter_queued(limiter: Any) -> int:
     return sum(_limiter_queued(v) for v in limiter.values())  # one limiter per endpoint
 
 
+_LIMIT_KEYS = {"rpm": "rpm", "tpm": "tpm", "in_flight_limit": "in_flight",
+               "no_load_latency_s": "no_load_latency_s"}
+
+
+def _limits(limiter: Any) -> dict[str, float]:
+    """The limits in a limiter snapshot (or one per endpoint): the largest of each."""
+    if not isinstance(limiter, Mapping):
+        return {}
+    if "queued" not in limiter:
+        merged: dict[str, float] = {}
+        for value in limiter.values():
+            for key, number in _limits(value).items():
+                merged[key] = max(number, merged.get(key, number))
+        return merged
+    found: dict[str, float] = {}
+    for key, name in _LIMIT_KEYS.items():
+        value = limiter.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found[name] = float(value)
+    return found
+
+
 def pipeline_totals(pipeline: Pipeline, baseline: Baseline) -> Totals:
     """What one live pipeline has done in this process, plus its current gauges."""
     state = pipeline.state
@@ -132,6 +160,7 @@ def pipeline_totals(pipeline: Pipeline, baseline: Baseline) -> Totals:
         rejections_by_reason=+rejections,  # drop zero/negative entries
         in_flight=_int(usage.get("in_flight")),
         limiter_queued=_limiter_queued(usage.get("limiter")),
+        limits=_limits(usage.get("limiter")),
         candidates_queued=pipeline.candidates_queued,
         tasks_queued=pipeline.tasks_queued,
     )
@@ -210,6 +239,19 @@ class JobCollector(Collector):
 
         yield GaugeMetricFamily("selfinstruct_llm_in_flight", "LLM requests in flight",
                                 value=t.in_flight)
+        limits = GaugeMetricFamily(
+            "selfinstruct_llm_limit",
+            "limits in force, configured or learned from the endpoint: rpm, tpm, in_flight "
+            "(the current cap on requests in flight)", labels=["kind"])
+        for kind in ("rpm", "tpm", "in_flight"):
+            if kind in t.limits:
+                limits.add_metric([kind], t.limits[kind])
+        yield limits
+        if "no_load_latency_s" in t.limits:
+            yield GaugeMetricFamily(
+                "selfinstruct_llm_no_load_latency_seconds",
+                "--max-in-flight auto: the endpoint's latency without load (estimate)",
+                value=t.limits["no_load_latency_s"])
         queues = GaugeMetricFamily(
             "selfinstruct_queue_depth",
             "items waiting: limiter (requests waiting for rate), candidates (parsed "

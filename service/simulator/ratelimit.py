@@ -51,9 +51,10 @@ class Admission:
 
 class ServerLimiter:
     def __init__(self, rpm: float | None, tpm: float | None, burst_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, announce: bool = True) -> None:
         self.requests = Bucket(rpm, burst_seconds, clock) if rpm else None
         self.tokens = Bucket(tpm, burst_seconds, clock) if tpm else None
+        self.announce = announce  # False: no x-ratelimit-* headers (429 + Retry-After only)
 
     def admit(self, tokens: int) -> Admission:
         waits: dict[str, float] = {}
@@ -78,6 +79,8 @@ class ServerLimiter:
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
+        if not self.announce:
+            return out
         for name, bucket in (("requests", self.requests), ("tokens", self.tokens)):
             if bucket is None:
                 continue

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import math
 import random
-import resource
 import socket
 import struct
 import time
@@ -43,8 +42,10 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from service.llm.loop import raise_fd_limit
 from service.llm.tokens import estimate_chat_tokens, estimate_text_tokens
 from service.simulator.answers import AnswerSettings, answer, rng_for
+from service.simulator.capacity import BatchCapacity, QueueFull
 from service.simulator.ratelimit import ServerLimiter
 from service.simulator.settings import SimSettings
 
@@ -91,20 +92,6 @@ class ReceivedRequest:
     stop: tuple[str, ...]
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one (thousands of connections need it);
-    returns the soft limit now in force. Best effort."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return int(target)
-        return int(soft)
-    except (ValueError, OSError):
-        return -1
-
-
 @lru_cache(maxsize=2048)  # a few kB a prompt: ~15 MB at most
 def _cached_answer(prompt: str, seed: str, choice: int, duplicate_rate: float,
                    bad_item_rate: float) -> str:
@@ -138,6 +125,7 @@ class SimulatedServer:
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings or SimSettings()
         self._limiter = self._make_limiter(self.settings)
+        self._capacity = self._make_capacity(self.settings)
         self._fault_rng = random.Random(f"faults:{self.settings.seed}")
         self._latency_rng = random.Random(f"latency:{self.settings.seed}")
         self._runner: web.AppRunner | None = None
@@ -149,7 +137,14 @@ class SimulatedServer:
     # ------------------------------------------------------------------ lifecycle
     @staticmethod
     def _make_limiter(settings: SimSettings) -> ServerLimiter:
-        return ServerLimiter(settings.rpm, settings.tpm, settings.burst_seconds)
+        return ServerLimiter(settings.rpm, settings.tpm, settings.burst_seconds,
+                             announce=settings.ratelimit_headers)
+
+    @staticmethod
+    def _make_capacity(settings: SimSettings) -> BatchCapacity | None:
+        if settings.capacity is None:
+            return None
+        return BatchCapacity(settings.capacity, settings.batch_slowdown, settings.queue_limit)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -223,8 +218,12 @@ class SimulatedServer:
         fault and latency sequences; host/port changes take effect on the next start."""
         new = dataclasses.replace(self.settings, **changes)
         old = self.settings
-        if (new.rpm, new.tpm, new.burst_seconds) != (old.rpm, old.tpm, old.burst_seconds):
+        if (new.rpm, new.tpm, new.burst_seconds, new.ratelimit_headers) != \
+                (old.rpm, old.tpm, old.burst_seconds, old.ratelimit_headers):
             self._limiter = self._make_limiter(new)
+        if (new.capacity, new.batch_slowdown, new.queue_limit) != \
+                (old.capacity, old.batch_slowdown, old.queue_limit):
+            self._capacity = self._make_capacity(new)
         if new.seed != old.seed:
             self._fault_rng = random.Random(f"faults:{new.seed}")
             self._latency_rng = random.Random(f"latency:{new.seed}")
@@ -266,6 +265,9 @@ class SimulatedServer:
             "streams": self.streams,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "capacity": None if self._capacity is None else {
+                "serving": self._capacity.serving, "queued": self._capacity.queued,
+                "max_queued": self._capacity.max_queued, "refused": self._capacity.refused},
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "settings": {k: v for k, v in dataclasses.asdict(self.settings).items()
                          if k != "api_key"},
@@ -372,7 +374,24 @@ class SimulatedServer:
             limiter.refund_tokens(completion_budget)
             return await self._fault(request, fault, limiter)
 
-        latency = self._draw_latency()
+        capacity = self._capacity
+        if capacity is None:
+            return await self._answer(request, parsed, fault, completion_budget, 1.0)
+        try:
+            async with capacity.slot() as slowdown:
+                return await self._answer(request, parsed, fault, completion_budget, slowdown)
+        except QueueFull:
+            limiter.refund_tokens(completion_budget)
+            return self._respond(503, _error_body(
+                "The server is overloaded (queue full), please try again later.",
+                "server_error"), limiter.headers())
+
+    async def _answer(self, request: web.Request, parsed: _Parsed, fault: str | None,
+                      completion_budget: int, slowdown: float) -> web.StreamResponse:
+        """Generate, wait the (batch-slowed) latency, respond."""
+        limiter = self._limiter
+        prompt_total = sum(parsed.prompt_tokens)
+        latency = self._draw_latency() * slowdown
         choices = self._generate(parsed, truncate=fault == "truncate")
         if fault == "truncate":
             self.faults["truncate"] += 1

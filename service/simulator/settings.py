@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 MAX_RECORDED = 100_000  # requests a recording simulator keeps (bounded memory)
 MAX_HANG_S = 30.0  # a hang outlasts any sane client timeout but never holds a handler forever
+MAX_CAPACITY = 100_000
+MAX_BATCH_SLOWDOWN = 100.0
+MAX_QUEUE_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,14 @@ class SimSettings:
     model: str = "sim-model"
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     seed: int = 0
+    # A self-hosted server (service.simulator.capacity): at most ``capacity`` requests
+    # served together, each slower as the batch fills, the rest queued FIFO; past
+    # ``queue_limit`` queued, 503. None: unlimited (every request served at once).
+    capacity: int | None = None
+    batch_slowdown: float = 0.5  # a full batch is this much slower than a batch of one
+    queue_limit: int | None = None
+    # False: 429s carry Retry-After only, no x-ratelimit-* headers on any response
+    ratelimit_headers: bool = True
     # Keep the last this-many requests' prompts, max_tokens and stop (SimulatedServer.received):
     # tests check what a client sent byte for byte. 0: keep none.
     record_requests: int = 0
@@ -53,5 +64,13 @@ class SimSettings:
             raise ValueError(f"record_requests must be within 0..{MAX_RECORDED} (got {self.record_requests!r})")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0 (got {self.latency_ms!r})")
+        if self.capacity is not None and not 1 <= self.capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be within 1..{MAX_CAPACITY} (got {self.capacity!r})")
+        if not 0 <= self.batch_slowdown <= MAX_BATCH_SLOWDOWN:
+            raise ValueError(f"batch_slowdown must be within 0..{MAX_BATCH_SLOWDOWN:g} "
+                             f"(got {self.batch_slowdown!r})")
+        if self.queue_limit is not None and not 0 <= self.queue_limit <= MAX_QUEUE_LIMIT:
+            raise ValueError(f"queue_limit must be within 0..{MAX_QUEUE_LIMIT} "
+                             f"(got {self.queue_limit!r})")
         if not 0 < self.hang_seconds <= MAX_HANG_S:
             raise ValueError(f"hang_seconds must be within (0, {MAX_HANG_S}] (got {self.hang_seconds!r})")
