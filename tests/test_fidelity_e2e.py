@@ -194,3 +194,23 @@ async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_
     reasons = {r["reason"] for r in _lines(out / REJECTED)}
     assert "blacklisted_word" in reasons or "near_duplicate" in reasons
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "a.jsonl")]) == 0
+
+
+async def test_alpaca_resume_finishes_admitted_tasks_with_their_instances(make_sim: SimFactory,
+                                                                          tmp_path: Path) -> None:
+    """One Alpaca call admits many tasks; a run that stops at its target leaves some
+    admitted and unwritten, and the next run writes them with the instance the call wrote
+    (read back from instructions.jsonl), not a new one."""
+    sim = await make_sim(seed=4)
+    out = tmp_path / "alpaca"
+    await run_generate(make_config(out, sim.base_url, target=5, method="alpaca", max_in_flight=1),
+                       install_signal_handlers=False)
+    admitted = {r["instruction"]: r["source"]["alpaca"] for r in _lines(out / INSTRUCTIONS)}
+    assert len(admitted) > 5  # some admitted tasks are left for the next run
+    await run_generate(make_config(out, sim.base_url, target=len(admitted), method="alpaca",
+                                   max_in_flight=1), install_signal_handlers=False)
+    tasks = _lines(out / TASKS)
+    assert len(tasks) == len(admitted)
+    for task in tasks:
+        assert task["instances"] == [admitted[task["instruction"]]]
+    assert verify_run(out).ok

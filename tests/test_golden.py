@@ -162,3 +162,10 @@ def test_default_mode_differs_only_by_named_improvements(capsys: pytest.CaptureF
     lost = sum(d.lost for case in instance_diffs for d in case)
     gained = sum(not d.lost for case in instance_diffs for d in case)
     assert gained >= lost
+
+
+def test_every_named_improvement_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Fidelity to the method", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in IMPROVEMENTS if f"`{name}`" not in section]
+    assert missing == []
