@@ -146,6 +146,11 @@ async def test_keep_raw_reparses_to_the_tasks_written(make_sim: SimFactory, tmp_
                  "--out", str(listed)]) == 0
     candidates = {text for r in _lines(listed) for text in r["kept"]}
     assert {r["instruction"] for r in _lines(out / INSTRUCTIONS)} <= candidates
+    answers = tmp_path / "classify.jsonl"
+    assert main(["parse", "--stage", "classify", "--in", str(out / "raw_classify.jsonl"),
+                 "--out", str(answers)]) == 0
+    read = {r["instruction"]: r["is_classification"] for r in _lines(answers)}
+    assert all(read[t["instruction"]] == t["is_classification"] for t in tasks)
 
 
 async def test_task_kinds_and_classification_seeds_only(make_sim: SimFactory, tmp_path: Path) -> None:
@@ -180,7 +185,8 @@ async def test_task_kinds_and_classification_seeds_only(make_sim: SimFactory, tm
 async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_path: Path) -> None:
     sim = await make_sim(seed=9, bad_item_rate=0.1, duplicate_rate=0.1, record_requests=1000)
     out = tmp_path / "alpaca"
-    config = make_config(out, sim.base_url, target=40, method="alpaca", seed_tasks=PAPER_SEEDS)
+    config = make_config(out, sim.base_url, target=40, method="alpaca", seed_tasks=PAPER_SEEDS,
+                         keep_raw=True)
     result = await run_generate(config, install_signal_handlers=False)
     assert result.summary.status == "finished"
     tasks = _lines(out / TASKS)
@@ -194,6 +200,13 @@ async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_
     reasons = {r["reason"] for r in _lines(out / REJECTED)}
     assert "blacklisted_word" in reasons or "near_duplicate" in reasons
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "a.jsonl")]) == 0
+    parsed = tmp_path / "alpaca-parsed.jsonl"
+    assert main(["parse", "--stage", "alpaca", "--in", str(out / "raw_alpaca.jsonl"),
+                 "--out", str(parsed)]) == 0
+    triples = {(i, n, o) for r in _lines(parsed) for i, n, o in r["tasks"]}
+    for task in tasks:
+        (instance,) = task["instances"]
+        assert (task["instruction"], instance["input"], instance["output"]) in triples
 
 
 async def test_alpaca_resume_finishes_admitted_tasks_with_their_instances(make_sim: SimFactory,
