@@ -45,12 +45,15 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+RunMode = Literal["online", "batch"]
+BatchBackend = Literal["openai", "files"]
 # Where the dedup pool lives: a thread of the generate process, or a child process of its
 # own (its own interpreter lock and core; see service/generate/admission.py).
 AdmissionMode = Literal["thread", "process"]
 METHODS = ("self-instruct", "alpaca")
 TASK_KINDS = ("all", "generation", "classification")
-_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds", "admission"}
+_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds", "admission",
+             "mode", "batch_backend"}
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,18 @@ class Config:
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # USD per 1M cached prompt tokens by model ([prices."m"] cached_input_per_1m); a model
+    # not listed pays its input price for cached tokens
+    cached_input_prices: dict[str, float] = field(default_factory=dict)
+    batch_discount: float = 0.5  # share of every price taken off for Batch API calls
+
+    # batch mode (`generate --mode batch`): rounds of Batch API files instead of live calls
+    mode: RunMode = "online"
+    batch_backend: BatchBackend = "openai"  # files: request/output files in batch_dir
+    batch_dir: Path | None = None
+    batch_max_requests: int = 50_000  # lines of one batch file (the provider's cap)
+    batch_poll_seconds: float = 30.0
+    batch_timeout: float = 86_400.0  # a batch not finished after this counts as expired
 
     # embedded local model
     local_model: Path | None = None
@@ -273,6 +288,12 @@ RANGES: dict[str, tuple[float, float]] = {
     # [prices."model"]: USD per 1M tokens
     "input_per_1m": (0.0, 1e6),
     "output_per_1m": (0.0, 1e6),
+    "cached_input_per_1m": (0.0, 1e6),
+    "batch_discount": (0.0, 1.0),
+    # batch mode
+    "batch_max_requests": (1, 50_000),
+    "batch_poll_seconds": (0.01, 3_600.0),
+    "batch_timeout": (1.0, 7 * DAY_S),
     # worker (`selfinstruct serve`)
     "port": (0, 65_535),
     "max_jobs": (1, 1_000),
@@ -282,6 +303,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_sse_streams": (1, 10_000),
     "drain_timeout_s": (0.1, 3_600.0),
     "max_body_bytes": (1_024, 16 * 1024 * 1024),
+    # decontamination, report, eval
+    "ngram": (1, 64),
+    "ngram_min_tokens": (1, 64),
+    "eval_max_tokens": (1, 100_000),
+    "eval_temperature": (0.0, 2.0),
+    "report_overlap_sample": (0, 10_000_000),
+    "report_top": (1, 1_000),
 }
 
 
@@ -332,6 +360,8 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             "compat": COMPAT_MODES,
             "method": METHODS,
             "task_kinds": TASK_KINDS,
+            "mode": get_args(RunMode),
+            "batch_backend": get_args(BatchBackend),
             "tokenizer": TOKENIZERS,
             "dedup_index": INDEXES,
         }.get(name, ())
@@ -419,7 +449,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 _FILTER_TYPES = {f.name: f.type for f in fields(FilterConfig)}
 _STAGE_TYPES = {f.name: f.type for f in fields(StageConfig)}
 # Keys that are not simple scalars and so have no SELFINSTRUCT_ env variable of their own.
-_NESTED = {"filters", "stages", "prices"}
+_NESTED = {"filters", "stages", "prices", "cached_input_prices"}
 
 
 def env_name(key: str) -> str:
@@ -489,8 +519,10 @@ def load_config(
                         )
                         sources[full] = src
             elif key == "prices":
-                values["prices"] = _read_prices(raw, src)
+                values["prices"], cached = _read_prices(raw, src)
                 sources["prices"] = src
+                if cached:
+                    values["cached_input_prices"] = cached
             elif key in _FIELD_TYPES:
                 values[key] = _coerce(key, _FIELD_TYPES[key], raw, src)
                 sources[key] = src
@@ -537,20 +569,24 @@ def load_config(
     return config, sources
 
 
-def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
-    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5`` (USD per 1M tokens)."""
+def _read_prices(raw: Any, src: str) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5, cached_input_per_1m =
+    0.25`` (USD per 1M tokens): the [input, output] pairs and the cached-input prices."""
     if not isinstance(raw, dict):
         raise _fail("prices", src, raw, "a table of models")
     prices: dict[str, tuple[float, float]] = {}
+    cached: dict[str, float] = {}
     for model, table in raw.items():
         key = f"prices.{model}"
         if not isinstance(table, dict):
             raise _fail(key, src, table, "a table with input_per_1m and output_per_1m")
-        unknown = set(table) - {"input_per_1m", "output_per_1m"}
+        unknown = set(table) - {"input_per_1m", "output_per_1m", "cached_input_per_1m"}
         if unknown:
             raise ConfigError(f"config key '{key}.{sorted(unknown)[0]}' ({src}): unknown key")
-        pair = []
-        for side in ("input_per_1m", "output_per_1m"):
+        values: dict[str, float] = {}
+        for side in ("input_per_1m", "output_per_1m", "cached_input_per_1m"):
+            if side not in table and side == "cached_input_per_1m":
+                continue
             value = table.get(side, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value):
@@ -558,9 +594,11 @@ def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
             expected = out_of_range(side, float(value))
             if expected is not None:
                 raise _fail(f"{key}.{side}", src, value, expected)
-            pair.append(float(value))
-        prices[str(model)] = (pair[0], pair[1])
-    return prices
+            values[side] = float(value)
+        prices[str(model)] = (values["input_per_1m"], values["output_per_1m"])
+        if "cached_input_per_1m" in values:
+            cached[str(model)] = values["cached_input_per_1m"]
+    return prices, cached
 
 
 def _check_consistency(config: Config) -> None:
@@ -576,6 +614,11 @@ def _check_consistency(config: Config) -> None:
         )
     if config.run_id is not None and config.redis is None:
         raise ConfigError("config key 'run_id': only meaningful with 'redis' (a distributed run)")
+    if config.mode == "batch" and config.method == "alpaca":
+        raise ConfigError("config key 'method': 'alpaca' runs online only (not with mode 'batch')")
+    if config.mode == "batch" and config.keep_raw:
+        raise ConfigError("config key 'keep_raw': online runs only (batch mode keeps every "
+                          "answer in the run's batches/*.output.jsonl already)")
 
 
 def render(config: Config, sources: Mapping[str, str]) -> str:
@@ -598,6 +641,8 @@ def render(config: Config, sources: Mapping[str, str]) -> str:
         note = f"  # {sources['prices']}" if "prices" in sources else ""
         lines += ["", f"[prices.{json.dumps(model)}]{note}",
                   f"input_per_1m = {input_price!r}", f"output_per_1m = {output_price!r}"]
+        if model in config.cached_input_prices:
+            lines.append(f"cached_input_per_1m = {config.cached_input_prices[model]!r}")
     return "\n".join(lines) + "\n"
 
 

@@ -227,3 +227,49 @@ async def test_alpaca_resume_finishes_admitted_tasks_with_their_instances(make_s
     for task in tasks:
         assert task["instances"] == [admitted[task["instruction"]]]
     assert verify_run(out).ok
+
+
+async def test_batch_mode_makes_the_same_reference_decisions(tmp_path: Path) -> None:
+    """--mode batch builds its request lines and reads its answers through the same compat
+    rules: the reference's prompts, stops and max_tokens in the batch files."""
+    from service.simulator import SimSettings
+    from service.simulator.batch import BatchSimSettings
+
+    templates = _import_reference(tmp_path)
+    out = tmp_path / "run"
+    async with SimulatedServer(SimSettings(latency_ms=0, seed=2, bad_item_rate=0.1),
+                               batch=BatchSimSettings(turnaround_s=0.05, seed=3)) as sim:
+        config = make_config(out, sim.base_url, target=8, seed=6, mode="batch", compat="reference",
+                             templates=templates, seed_tasks=PAPER_SEEDS, batch_poll_seconds=0.02)
+        result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "finished"
+    encode = reference_oracle.encode_prompt()
+    stages = set()
+    for path in sorted((out / "batches").glob("*.input.jsonl")):
+        for line in _lines(path):
+            body, stage = line["body"], line["custom_id"].rsplit("-", 1)[-1]
+            prompt = body["prompt"]
+            if stage == "classify":
+                assert body["stop"] == ["\n", "Task"] and body["max_tokens"] == 3
+                assert prompt.endswith("\nIs it classification?")
+            elif stage == "instances":
+                is_cls = "Class label:" in prompt
+                head = reference_oracle.instance_prompt("", is_cls)[:-1]
+                assert prompt == reference_oracle.instance_prompt(prompt[len(head):-1], is_cls)
+                assert body["stop"] == ["Example 6", "Task:"]
+                assert body["max_tokens"] == (300 if is_cls else 350)
+            else:
+                examples, classification = _listed_examples(prompt)
+                assert prompt == encode(examples, classification=classification)
+                assert body["stop"] == ["\n\n", "\n16", "16.", "16 ."]
+                stage = "instructions"
+            stages.add(stage)
+    assert stages == {"instructions", "classify", "instances"}
+    for task in _lines(out / TASKS):
+        expected = compat.reference_instances(task["raw_instances"], task["is_classification"], "stop")
+        kept = {(i["input"], i["output"]) for i in task["instances"]}
+        assert kept <= set(expected) and len(kept) == min(5, len(expected))
+        assert task["instruction"] == task["instruction"].capitalize()
+    assert verify_run(out).ok
+    with pytest.raises(Exception, match="alpaca"):
+        make_config(out, sim.base_url, mode="batch", method="alpaca")

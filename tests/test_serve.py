@@ -118,6 +118,8 @@ async def test_job_completes_metrics_parse_and_the_key_never_leaks(
             raise AssertionError(f"{sample} {labels} missing")
 
         assert value("selfinstruct_tokens", "selfinstruct_tokens_total", kind="prompt") > 0
+        # cached prompt tokens are a kind of their own (0 here: short prompts)
+        assert value("selfinstruct_tokens", "selfinstruct_tokens_total", kind="cached") >= 0
         assert value("selfinstruct_llm_requests", "selfinstruct_llm_requests_total",
                      status="200") > 0
         assert value("selfinstruct_tasks_written", "selfinstruct_tasks_written_total") == 20

@@ -51,6 +51,12 @@ GENERATE_FLAGS: dict[str, str] = {
     "templates": "templates",
     "keep_raw": "keep_raw",
     "avg_similarity": "avg_similarity",
+    "mode": "mode",
+    "batch_backend": "batch_backend",
+    "batch_dir": "batch_dir",
+    "batch_max_requests": "batch_max_requests",
+    "batch_poll_seconds": "batch_poll_seconds",
+    "batch_timeout": "batch_timeout",
 }
 
 
@@ -99,6 +105,12 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--templates", metavar="FILE", help="prompt templates file (selfinstruct templates import)")
     method.add_argument("--no-avg-similarity", dest="avg_similarity", action="store_const", const=False, default=None, help="leave out avg_similarity_score (saves scoring each admitted instruction against the whole pool)")
     method.add_argument("--keep-raw", action="store_const", const=True, default=None, help="store each call's raw completion and request index in raw_<stage>.jsonl (re-parse with selfinstruct parse)")
+    parser.add_argument("--mode", choices=["online", "batch"], help="online calls, or rounds of Batch API files (half the price, hours not minutes)")
+    parser.add_argument("--batch-backend", choices=["openai", "files"], help="batch mode: the endpoint's Batch API, or request/output files in --batch-dir")
+    parser.add_argument("--batch-dir", metavar="DIR", help="batch mode, files backend: where request files go and output files are awaited")
+    parser.add_argument("--batch-max-requests", metavar="N", help="batch mode: most requests in one batch file and instruction requests in one round")
+    parser.add_argument("--batch-poll-seconds", metavar="S", help="batch mode: seconds between status polls")
+    parser.add_argument("--batch-timeout", metavar="S", help="batch mode: a batch not finished after this is cancelled; its unfinished lines are resubmitted")
     add_range_help(parser)
 
 

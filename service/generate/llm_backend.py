@@ -24,6 +24,7 @@ from service.llm import (
     LimiterSettings,
     LLMClient,
     Price,
+    Result,
     RetrySettings,
     install_uvloop,
 )
@@ -76,12 +77,21 @@ class LLMBackend:
             results = await asyncio.gather(
                 *(client.chat(_messages(p), **options) for p in prompts)
             )
+            self._record_stage(stage, results)
             return [_first(result.choices) for result in results]
         if self.list_prompts or len(prompts) == 1:
             result = await client.complete([p.text for p in prompts], **options)
+            self._record_stage(stage, [result])
             return [_first(result.for_prompt(i)) for i in range(len(prompts))]
         results = await asyncio.gather(*(client.complete(p.text, **options) for p in prompts))
+        self._record_stage(stage, results)
         return [_first(result.choices) for result in results]
+
+    def _record_stage(self, stage: str, results: Sequence[Result]) -> None:
+        for result in results:
+            u = result.usage
+            self.accounting.record_stage(stage, u.prompt_tokens, u.completion_tokens,
+                                         u.cached_tokens)
 
     def limiters(self) -> list[RateLimiter]:
         return [client.limiter for client in self._clients.values()]
@@ -113,6 +123,12 @@ def _first(choices: Sequence[Any]) -> StageAnswer:
     return StageAnswer(str(choice.text), choice.finish_reason)
 
 
+def prices_of(config: Config) -> dict[str, Price]:
+    """The prices table as the accounting needs it (cached-input price, batch discount)."""
+    return {model: Price(i, o, config.cached_input_prices.get(model), config.batch_discount)
+            for model, (i, o) in config.prices.items()}
+
+
 def client_settings(config: Config, base_url: str) -> ClientSettings:
     return ClientSettings(
         base_url=base_url,
@@ -125,7 +141,7 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
                             request_timeout_s=config.request_timeout,
                             deadline_s=config.deadline,
                             give_up_after_s=config.give_up_after),
-        prices={model: Price(i, o) for model, (i, o) in config.prices.items()},
+        prices=prices_of(config),
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,

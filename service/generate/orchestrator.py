@@ -25,6 +25,7 @@ from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
 from service.generate.resume import seeds_for_run
 from service.generate.templates import load_templates
+from service.generate.timeline import record_timeline
 from service.progress import Progress, status_line
 from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.rundir.store import TASKS, RunDir
@@ -102,6 +103,14 @@ async def run_generate(
 ) -> RunResult:
     """Run (or resume) a generation into ``config.out``."""
     progress = progress or Progress(quiet=config.quiet)
+    if config.mode == "batch":  # rounds of Batch API files: service.generate.batch_mode
+        if config.redis is not None:
+            raise ConfigError("config key 'mode': batch mode runs in one process (no --redis)")
+        from service.generate.batch_mode import run_batch_generate
+
+        summary = await run_batch_generate(config, progress=progress,
+                                           install_signal_handlers=install_signal_handlers)
+        return RunResult(summary, Path(config.out), ())
     seeds = load_seeds(config)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = None
@@ -136,6 +145,7 @@ async def run_generate(
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
                             coordinator=coordinator, templates=templates)
         pipeline.load_existing()
+        record_timeline(pipeline)
         if on_pipeline is not None:
             on_pipeline(pipeline)
         start_written = pipeline.state.tasks_written
@@ -152,8 +162,13 @@ async def run_generate(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, _on_signal, pipeline, progress)
                     installed.append(sig)
+        from service.generate.plan import plan_for_run
+
+        plan = plan_for_run(live_config, seeds)
         try:
             summary = await pipeline.run()
+            if plan is not None:  # the estimate next to the actuals
+                run_dir.write_run_json({**pipeline.run_json(), "plan": plan})
         finally:
             for installed_sig in installed:
                 loop.remove_signal_handler(installed_sig)

@@ -7,19 +7,16 @@
 
 Every queue is bounded, so a slow stage pushes back instead of growing memory. Admission
 is the one ordered step: a single consumer hands candidates, in arrival order, to the
-dedup pool running in its own thread (the pool's only owner), so decisions equal a
-sequential run over the admission log and the event loop never blocks on ROUGE-L.
-
+dedup pool's only owner (a thread, or the process of :mod:`.admission`), so decisions
+equal a sequential run over the admission log and the event loop never blocks on ROUGE-L.
 This class keeps the graph; a stage call lives in :mod:`.stage_calls`, when to ask for
 more in :mod:`.supply`, the files' records in :mod:`.records`, reading a run directory
-back in :mod:`.resume`, stop and drain in :mod:`.control`, and what others plug in or
-watch in :mod:`.seams`.
+back in :mod:`.resume`, stop and drain in :mod:`.control`, plug-ins in :mod:`.seams`.
 
 Repeatable runs: with ``max_in_flight == 1`` (and no coordinator) the stages take turns
-as in the reference (ask, admit, finish every admitted task, ask again), so with a fixed
-``seed``, the same seeds and settings and a deterministic endpoint, tasks.jsonl,
-instructions.jsonl and rejected.jsonl come out the same byte for byte. With more
-requests in flight, admission follows the order answers arrive in, which no seed fixes.
+as in the reference (ask, admit, finish every admitted task, ask again), so a fixed
+``seed``, the same seeds and settings and a deterministic endpoint give the same files
+byte for byte. With more in flight, admission follows the order answers arrive in.
 """
 
 from __future__ import annotations
@@ -44,6 +41,7 @@ from service.generate.seams import (
     Observers,
     PendingTask,
     PipelineObserver,
+    TaskChecks,
     timed_admit,
 )
 from service.generate.stage_calls import Candidate, StageCalls
@@ -81,6 +79,7 @@ class Pipeline:
         self.machine_instructions: list[str] = []
         self.observers = Observers(observers)
         self.control = RunControl(self.observers)
+        self.checks = TaskChecks()  # a finished task must pass these to be written
         self._admit = admit
         self._calls = StageCalls(config, backend, templates or load_templates(), self.seeds,
                                  self.state, self._reject, self.observers.call_finished,
@@ -285,6 +284,11 @@ class Pipeline:
         record = records.task_record(task.id, task.instruction, answer.is_classification,
                                      answer.instances, task.most_similar, models,
                                      task.avg_similarity, answer.raw_instances)
+        if (refused := self.checks.first_rejection(record)) is not None:
+            self._reject(refused.stage, refused.reason, task.instruction, task_level=True,
+                         id=task.id, **refused.detail)
+            await self._settle(task, "dropped")
+            return True
         # Committed once, globally, before the local copy: a duplicate (a task reclaimed
         # from a worker that was only slow) or a full target writes nothing.
         if self.coordinator is not None and not await self.coordinator.commit_task(

@@ -11,6 +11,7 @@ call (:mod:`.stages.alpaca`).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,12 +64,14 @@ class StageCalls:
     async def call(self, stage: str, prompts: Sequence[StagePrompt],
                    sampling: Sampling) -> list[StageAnswer]:
         """The backend's answer, with a ``call_finished`` event either way."""
+        start = time.monotonic()
         try:
             choices = await self.backend.complete(stage, prompts, sampling)
         except Exception as exc:
-            self.on_call(CallFinished(stage, len(prompts), False, type(exc).__name__))
+            self.on_call(CallFinished(stage, len(prompts), False, type(exc).__name__,
+                                      time.monotonic() - start))
             raise
-        self.on_call(CallFinished(stage, len(prompts), True))
+        self.on_call(CallFinished(stage, len(prompts), True, seconds=time.monotonic() - start))
         return choices
 
     def sampling(self, stage: str, stop: Sequence[str], max_tokens: int | None = None) -> Sampling:

@@ -58,6 +58,7 @@ from service.llm.tokens import (
     request_weight,
 )
 from service.llm.types import Choice, Result, Usage
+from service.llm.usage import usage_of
 from service.secret import has_credentials, redact, safe_url
 
 Message = Mapping[str, str]
@@ -456,7 +457,8 @@ class LLMClient:
             raise BadResponse(self._clean(f"unusable response body from {url}: {type(exc).__name__}: {exc}")) from None
         self.accounting.record_attempt("200")
         usage = result.usage
-        self.accounting.record_usage(result.model, usage.prompt_tokens, usage.completion_tokens)
+        self.accounting.record_usage(result.model, usage.prompt_tokens, usage.completion_tokens,
+                                     usage.cached_tokens)
         permit.settle(usage.prompt_tokens + usage.completion_tokens)
         return result
 
@@ -589,11 +591,10 @@ def _parse(
     choices.sort(key=_by_index)
     if {ch.index for ch in choices} != set(range(n_prompts * n)):
         raise BadResponse(f"expected choice indices 0..{n_prompts * n - 1}, got {[ch.index for ch in choices]}")
-    raw_usage = data.get("usage")
-    if isinstance(raw_usage, dict) and "prompt_tokens" in raw_usage:
-        # Negative counts would credit the budget and the limiter: a server cannot do that.
-        usage = Usage(max(0, int(raw_usage.get("prompt_tokens") or 0)),
-                      max(0, int(raw_usage.get("completion_tokens") or 0)))
+    # Negative counts would credit the budget and the limiter: usage_of clamps them.
+    parsed_usage = usage_of(data.get("usage"))
+    if parsed_usage is not None:
+        usage = parsed_usage
     else:  # servers that omit usage: estimate, so budgets and the limiter still see tokens
         prompt_text = body.get("prompt")
         prompts = [prompt_text] if isinstance(prompt_text, str) else list(prompt_text or [])

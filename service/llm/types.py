@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of one call. ``cached_tokens`` is the part of ``prompt_tokens`` the
+    server served from its prompt cache (billed at the cached-input price)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -83,6 +83,9 @@ _SERVER_OWNED = {
     "redis": "the worker's operator chooses Redis (serve --redis)",
     "filters": "nested tables are not accepted over HTTP",
     "stages": "nested tables are not accepted over HTTP",
+    "mode": "batch mode runs from the command line (generate --mode batch)",
+    "batch_backend": "batch mode runs from the command line (generate --mode batch)",
+    "batch_dir": "a path on the server's disk",
 }
 ALLOWED_KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - set(_SERVER_OWNED)
 
