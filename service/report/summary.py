@@ -375,7 +375,9 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
 
     counters = _obj(run_json.get("counters"))
     candidates = counters.get("candidates_seen")
-    filtered = by_stage.get("filter", 0) + by_stage.get("instructions", 0)
+    # stage "instructions" records a whole list answer cut at max_tokens: an answer, not a
+    # candidate instruction (counters.candidates_seen counts parsed items only)
+    filtered = by_stage.get("filter", 0)
     deduplicated = by_stage.get("dedup", 0)
     other_before_admission = sum(n for stage, n in by_stage.items()
                                  if stage not in {"filter", "instructions", "dedup"}
@@ -385,7 +387,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     candidates_counted = admitted + filtered + deduplicated + other_before_admission
     funnel = [
         {"step": "candidate instructions", "count": candidates_counted,
-         "lost": filtered, "lost_to": "filters (rejected.jsonl stages filter, instructions)"},
+         "lost": filtered, "lost_to": "filters (rejected.jsonl stage filter)"},
         {"step": "passed the filters", "count": candidates_counted - filtered,
          "lost": deduplicated + other_before_admission,
          "lost_to": "ROUGE-L near-duplicates (rejected.jsonl stage dedup)"},
