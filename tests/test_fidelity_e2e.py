@@ -195,6 +195,7 @@ async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_
     assert all(0.0 <= t["avg_similarity_score"] <= 0.7 for t in tasks)  # on by default
     report = verify_run(out)
     assert report.ok, report.summary()
+    assert {(r.max_tokens, r.stop) for r in sim.received} == {(3072, ("\n20", "20."))}  # Alpaca's
     routes = {p.rsplit("\n", 1)[-1] for r in sim.received for p in r.prompts}
     assert all(re.fullmatch(r"\d+\. Instruction:", last) for last in routes)  # one stage only
     reasons = {r["reason"] for r in _lines(out / REJECTED)}
