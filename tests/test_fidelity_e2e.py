@@ -274,3 +274,19 @@ async def test_batch_mode_makes_the_same_reference_decisions(tmp_path: Path) -> 
     assert verify_run(out).ok
     with pytest.raises(Exception, match="alpaca"):
         make_config(out, sim.base_url, mode="batch", method="alpaca")
+
+
+async def test_alpaca_with_an_imported_prompt(make_sim: SimFactory, tmp_path: Path) -> None:
+    checkout = tmp_path / "stanford_alpaca"
+    checkout.mkdir()
+    (checkout / "prompt.txt").write_text("A user's own requirements text.\nList of 20 tasks:\n", encoding="utf-8")
+    templates = tmp_path / "alpaca.toml"
+    assert main(["templates", "import", str(checkout), "--out", str(templates)]) == 0
+    sim = await make_sim(seed=8, record_requests=100)
+    out = tmp_path / "run"
+    await run_generate(make_config(out, sim.base_url, target=5, method="alpaca", templates=templates),
+                       install_signal_handlers=False)
+    prompts = [p for r in sim.received for p in r.prompts]
+    assert prompts and all(p.startswith("A user's own requirements text.\nList of 20 tasks:\n###\n1. Instruction: ")
+                           for p in prompts)
+    assert len(_lines(out / TASKS)) == 5 and verify_run(out).ok
