@@ -614,11 +614,6 @@ def _check_consistency(config: Config) -> None:
         )
     if config.run_id is not None and config.redis is None:
         raise ConfigError("config key 'run_id': only meaningful with 'redis' (a distributed run)")
-    if config.mode == "batch" and config.method == "alpaca":
-        raise ConfigError("config key 'method': 'alpaca' runs online only (not with mode 'batch')")
-    if config.mode == "batch" and config.keep_raw:
-        raise ConfigError("config key 'keep_raw': online runs only (batch mode keeps every "
-                          "answer in the run's batches/*.output.jsonl already)")
 
 
 def render(config: Config, sources: Mapping[str, str]) -> str:

@@ -272,8 +272,6 @@ async def test_batch_mode_makes_the_same_reference_decisions(tmp_path: Path) -> 
         assert kept <= set(expected) and len(kept) == min(5, len(expected))
         assert task["instruction"] == task["instruction"].capitalize()
     assert verify_run(out).ok
-    with pytest.raises(Exception, match="alpaca"):
-        make_config(out, sim.base_url, mode="batch", method="alpaca")
 
 
 async def test_alpaca_with_an_imported_prompt(make_sim: SimFactory, tmp_path: Path) -> None:

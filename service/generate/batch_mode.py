@@ -55,9 +55,12 @@ from service.generate.batch_transport import (
     submitted_age,
     write_whole,
 )
-from service.generate.filters import OVER_INSTANCE_LIMIT
+from service.generate.filters import (
+    OVER_INSTANCE_LIMIT,
+)
 from service.generate.llm_backend import DEFAULT_MODEL, prices_of
 from service.generate.plan import plan_for_run
+from service.generate.processing import rules_for
 from service.generate.records import (
     NEAR_DUPLICATE,
     TRUNCATED,
@@ -129,7 +132,8 @@ class BatchRun:
         self.status = "running"
         self.started = time.monotonic()
         self.machine_instructions: list[str] = []
-        self.requests = BatchRequests(config, self.seeds, self.templates)
+        self.rules = rules_for(config.compat, config.filters)  # the run's compat mode
+        self.requests = BatchRequests(config, self.seeds, self.templates, self.rules)
         self.pending: dict[str, PendingTask] = {}  # admitted, not written nor dropped
         self._next_task_number = 1
         self._drain = asyncio.Event()
@@ -203,15 +207,13 @@ class BatchRun:
         Each line is (journal item, endpoint, request line)."""
         view = self.journal.view
         prepared = self.journal.prepared_ids()
-        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
-        retry = sorted(cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS)
-        if retry:
-            originals = self._original_lines(retry)
-            files += split_files(originals, self.config.batch_max_requests)
+        retryable = {cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS}
+        retry: list[str] = []
         new: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         rate = self._success_rate()
         # Advance only as many admitted tasks as the target needs (oldest first): extra
-        # admissions stay pending instead of paying for their classify and instances.
+        # admissions stay pending instead of paying for their classify and instances;
+        # a failed line is resubmitted only while its task is still needed.
         wanted = math.ceil(self.remaining / rate * ADVANCE_MARGIN)
         supply = 0
         for task_id in sorted(self.pending):
@@ -219,22 +221,40 @@ class BatchRun:
             if self._stuck(task_id) or supply >= wanted:
                 continue
             supply += 1
-            if task_id in view.classified:
-                if f"{task_id}-instances" not in prepared:
+            classify_id, instances_id = f"{task_id}-classify", f"{task_id}-instances"
+            if classify_id in retryable:
+                retry.append(classify_id)
+            elif instances_id in retryable:
+                retry.append(instances_id)
+            elif task_id in view.classified:
+                if instances_id not in prepared:
                     new.append(self.requests.instances_line(task, view.classified[task_id]))
-            elif f"{task_id}-classify" not in prepared:
+            elif classify_id not in prepared:
                 new.append(self.requests.classify_line(task))
         deficit = self.remaining - supply * rate
         count = 0
         if deficit > 0:
             count = math.ceil(deficit / rate / self._admitted_per_request() * SUPPLY_MARGIN)
+        count = min(count, self.config.batch_max_requests)
+        # failed instruction requests first, then new ones, up to what the round needs
+        failed_requests = sorted(cid for cid in retryable
+                                 if self._stage_of(cid) == "instructions")[:count]
+        retry += failed_requests
+        count -= len(failed_requests)
         if self.remaining and not new and not retry:
             count = max(count, 1)
-        count = min(count, self.config.batch_max_requests)
+        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
+        if retry:  # resubmissions go alone, in files of their own
+            files += split_files(self._original_lines(sorted(retry)),
+                                 self.config.batch_max_requests)
         new = self.requests.instruction_lines(number, count, self.machine_instructions) + new
         files += split_files([(item, ep, request_line(item["custom_id"], ep, body))
                               for item, ep, body in new], self.config.batch_max_requests)
         return files
+
+    def _stage_of(self, custom_id: str) -> str:
+        view = self.journal.view
+        return str(view.batches[view.retry[custom_id]].items[custom_id].get("stage"))
 
     def _original_lines(self, custom_ids: Sequence[str]
                         ) -> list[tuple[dict[str, Any], str, bytes]]:
@@ -377,6 +397,8 @@ class BatchRun:
 
     async def _process_instructions(self, results: list[tuple[LineResult, dict[str, Any]]]
                                     ) -> None:
+        """As online (stage_calls.candidates_from): a cut list is dropped whole, the run's
+        compat rules split and filter the items, the pool admits them in order."""
         candidates: list[tuple[str, dict[str, Any]]] = []
         for result, item in results:
             self.state.instruction_requests += 1
@@ -390,8 +412,7 @@ class BatchRun:
                       "machine_examples": item.get("machine_examples"),
                       "classification_prompt": item.get("classification_prompt"),
                       "custom_id": result.custom_id}
-            # the run's compat mode decides, as online (service.generate.processing)
-            for verdict in self.requests.rules.instruction_items(text, finish):
+            for verdict in self.rules.instruction_items(text, finish):
                 self.state.candidates_seen += 1
                 if verdict.reason is not None:
                     self._reject("filter", verdict.reason, verdict.text, task_level=False,
@@ -420,7 +441,10 @@ class BatchRun:
 
     def _process_classify(self, results: list[tuple[LineResult, dict[str, Any]]]
                           ) -> dict[str, bool]:
+        """As online (stage_calls.classify): an answer that is neither Yes nor No reads
+        as No and is counted; --generation/--classification-tasks-only drop the rest."""
         classified: dict[str, bool] = {}
+        wanted = self.config.task_kinds
         for result, item in results:
             task = self.pending.get(str(item["task"]))
             if task is None:
@@ -432,20 +456,21 @@ class BatchRun:
                     self.state.truncated_responses += 1
                 else:
                     self.state.classify_unparsed += 1
-            # anything but a Yes (a cut answer too) reads as No, as in the reference
-            answer = self.requests.rules.is_classification(text, finish)
+            answer = self.rules.is_classification(text, finish)
             if answer:
                 self.state.classified_yes += 1
-            wanted = self.config.task_kinds
-            if (wanted == "generation" and answer) or (wanted == "classification" and not answer):
-                self._reject("classify", TASK_KIND_EXCLUDED, task.instruction, task_level=True,
-                             id=task.id)
+            if (wanted == "generation" and answer) or (wanted == "classification"
+                                                       and not answer):
+                self._reject("classify", TASK_KIND_EXCLUDED, task.instruction,
+                             task_level=True, id=task.id)
                 self._finish(task.id, written=False)
                 continue
             classified[task.id] = answer
         return classified
 
     def _process_instances(self, results: list[tuple[LineResult, dict[str, Any]]]) -> None:
+        """As online (stage_calls.answer_task): the compat rules parse and filter, the
+        instance cap samples with a generator per task, then the task is written."""
         for result, item in results:
             task = self.pending.get(str(item["task"]))
             if task is None:
@@ -454,10 +479,10 @@ class BatchRun:
             text, finish = first_choice(result.body or {},
                                         self.requests.chat(str(item["stage"])))
             if finish == "length":
-                self.state.truncated_responses += 1  # only its last instance is lost
-            rules = self.requests.rules
-            outcome = rules.instances(text, is_cls, finish)
-            kept, over = rules.cap(outcome.kept, random.Random(f"{self.config.seed}:{task.id}"))
+                self.state.truncated_responses += 1  # only its unfinished instance is lost
+            outcome = self.rules.instances(text, is_cls, finish)
+            kept, over = self.rules.cap(outcome.kept,
+                                        random.Random(f"{self.config.seed}:{task.id}"))
             for inst, reason in [*outcome.dropped, *((i, OVER_INSTANCE_LIMIT) for i in over)]:
                 self._reject("instance_filter", reason, task.instruction, task_level=False,
                              id=task.id, instance={"input": inst.input, "output": inst.output})
@@ -471,8 +496,8 @@ class BatchRun:
             models = {stage: self.config.stage(stage).model or self.config.model
                       or DEFAULT_MODEL for stage in ("instructions", "classify", "instances")}
             raw = text if self.config.compat == "reference" else None
-            self.run_dir.append(TASKS, task_record(task.id, task.instruction, is_cls, kept,
-                                                   task.most_similar, models,
+            self.run_dir.append(TASKS, task_record(task.id, task.instruction, is_cls,
+                                                   list(kept), task.most_similar, models,
                                                    task.avg_similarity, raw))
             self.state.tasks_written += 1
             self._finish(task.id, written=True)
@@ -619,6 +644,12 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
     """Run (or resume) a batch-mode generation into ``config.out``."""
     from service.generate.orchestrator import load_seeds
 
+    if config.method != "self-instruct":
+        raise ConfigError("config key 'method': batch mode runs the self-instruct method "
+                          "(run --method alpaca online)")
+    if config.keep_raw:
+        raise ConfigError("config key 'keep_raw': batch mode keeps every raw answer already, "
+                          "in the run's batches/*.output.jsonl")
     progress = progress or Progress(quiet=config.quiet)
     seed_tasks = list(seeds) if seeds is not None else load_seeds(config)
     with RunDir.open(config.out, fsync=config.fsync) as run_dir:
@@ -634,6 +665,7 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
                     for cut in roll_back(run_dir.path, sizes):
                         progress.message(f"rolled back {cut}")
             seed_tasks = seeds_for_run(run_dir, seed_tasks)
+            # --classification-seeds-only: the pool holds the classification seeds only
             seed_texts = [s.instruction for s in seed_tasks
                           if s.is_classification or not config.classification_seeds_only]
             existing = [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]

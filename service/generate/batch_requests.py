@@ -17,7 +17,7 @@ from typing import Any
 from service.config import Config
 from service.generate.backend import StagePrompt
 from service.generate.llm_backend import DEFAULT_MODEL
-from service.generate.processing import rules_for
+from service.generate.processing import TextRules
 from service.generate.seams import PendingTask
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
@@ -35,13 +35,13 @@ EncodedLine = tuple[dict[str, Any], str, bytes]
 class BatchRequests:
     """Builds each stage's request lines from the stage modules' prompt builders."""
 
-    def __init__(self, config: Config, seeds: Sequence[SeedTask], templates: Templates) -> None:
+    def __init__(self, config: Config, seeds: Sequence[SeedTask], templates: Templates,
+                 rules: TextRules) -> None:
         self.config = config
+        self.rules = rules  # the run's compat mode: stop sequences and max_tokens
         self.seeds = list(seeds)
         self.templates = templates
-        self.rules = rules_for(config.compat, config.filters)  # stops and max_tokens, as online
-        self.seed_instructions = [t.instruction for t in self.seeds
-                                  if t.is_classification or not config.classification_seeds_only]
+        self.seed_instructions = [t.instruction for t in self.seeds]
         self.classification_seeds = [t.instruction for t in self.seeds if t.is_classification]
         self.classify_examples = classify_stage.pick_classify_examples(self.seeds)
         self.input_first_examples = instance_stage.pick_instance_examples(self.seeds, False, 4)
