@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_uvloop()
     target = 300 if args.quick else 1000
-    duration = 10.0 if args.quick else 30.0
+    duration = 10.0 if args.quick else 45.0
     sections: list[str] = []
 
     rows = []
