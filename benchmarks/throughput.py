@@ -73,7 +73,9 @@ MAX_CPU_US = 250.0
 WHERE_IT_GOES = (
     "What the client does per request since this benchmark was written: non-streaming "
     "calls go through its own HTTP/1.1 keep-alive pool (`service/llm/http.py`: one write "
-    "of prebuilt header bytes and the orjson body, the response head parsed once, one "
+    "of prebuilt header bytes and the orjson body, the response parsed by llhttp "
+    "(`httptools`, strict mode; since issue #12 it replaces a hand-written parser, and "
+    "the (c) rows above are measured with it), one "
     "timer for the whole exchange, no cookie jar, tracing, redirect machinery or "
     "per-request task) instead of `aiohttp.ClientSession` (still used for streaming, "
     "unusual URLs and redirects); the limiter no longer cancels and re-arms its timer on "

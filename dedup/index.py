@@ -89,13 +89,6 @@ def min_overlap(length: int, threshold: float) -> int:
     return max(1, math.ceil(threshold * length / (2 - threshold) - _EPSILON))
 
 
-def length_compatible(a: int, b: int, threshold: float) -> bool:
-    """Can two entries of these lengths reach F >= threshold at all?"""
-    if a == 0 or b == 0:
-        return False
-    return 2 * min(a, b) / (a + b) >= threshold - _EPSILON
-
-
 class CandidateIndex(Protocol):
     """Finds pool entries that may reach the threshold against a query."""
 

@@ -28,6 +28,7 @@ class CommandModule(Protocol):
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("service.commands.generate", "run the Self-Instruct pipeline into a run directory"),
+    "plan": ("service.commands.plan", "estimate requests, tokens, cost and wall time of a run"),
     "dedup": ("service.commands.dedup", "filter instructions against a growing ROUGE-L pool"),
     "export": ("service.commands.export", "turn a run directory into fine-tuning files"),
     "verify": ("service.commands.verify", "check a run directory's invariants"),
@@ -36,6 +37,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.commands.serve", "long-lived worker: HTTP job API, /healthz, /metrics"),
     "config": ("service.commands.config", "print the effective configuration (secrets redacted)"),
     "seeds": ("service.commands.seeds", "validate and summarise a seed-task file"),
+    "templates": ("service.commands.templates", "import the paper's prompts from a checkout (templates file)"),
+    "parse": ("service.commands.parse", "re-parse raw completions under a compat mode"),
+    "report": ("service.commands.report", "HTML report with plots and summary.json of a run"),
+    "decontaminate": ("service.commands.decontaminate",
+                      "n-gram overlap of a run with evaluation sets; list or drop"),
+    "eval": ("service.commands.eval", "run a model over an evaluation set; compare models"),
+    "eval-sheet": ("service.commands.eval_sheet", "a blind A-D rating page for eval outputs"),
+    "eval-summary": ("service.commands.eval_summary", "ratings into a chart and a table"),
 }
 
 

@@ -31,8 +31,11 @@ from typing import Any, Literal, get_args
 
 from dedup import INDEXES, TOKENIZERS, IndexName, TokenizerName
 from service.errors import ConfigError
+from service.generate.compat import ALPACA_EXTRA_BLACKLIST, COMPAT_MODES, REFERENCE_BLACKLIST
 from service.llm.constants import (
+    DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
     MAX_ADAPTIVE_IN_FLIGHT,
 )
@@ -42,6 +45,15 @@ from service.secret import safe_url
 ENV_PREFIX = "SELFINSTRUCT_"
 STAGES = ("instructions", "classify", "instances")
 ApiKind = Literal["chat", "completions"]
+RunMode = Literal["online", "batch"]
+BatchBackend = Literal["openai", "files"]
+# Where the dedup pool lives: a thread of the generate process, or a child process of its
+# own (its own interpreter lock and core; see service/generate/admission.py).
+AdmissionMode = Literal["thread", "process"]
+METHODS = ("self-instruct", "alpaca")
+TASK_KINDS = ("all", "generation", "classification")
+_LITERALS = {"api", "tokenizer", "dedup_index", "compat", "method", "task_kinds", "admission",
+             "mode", "batch_backend"}
 
 
 @dataclass(frozen=True)
@@ -60,16 +72,21 @@ class StageConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_tokens: int = 300
+    # instances stage: max_tokens of a classification task's call (its prompt is longer);
+    # None: max_tokens. Never above max_tokens.
+    classification_max_tokens: int | None = None
 
 
 def default_stages() -> dict[str, StageConfig]:
-    """The reference method's sampling per stage (reference.md)."""
+    """The reference method's sampling per stage (the paper's settings)."""
     return {
         "instructions": StageConfig(
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
         ),
         "classify": StageConfig(temperature=0.0, top_p=1.0, max_tokens=3),
-        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=300),
+        # 350 tokens for a generation task, 300 for a classification task, as the reference
+        "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=350,
+                                 classification_max_tokens=300),
     }
 
 
@@ -79,15 +96,19 @@ class FilterConfig:
 
     min_words: int = 4  # the reference drops <= 3 words
     max_words: int = 150
-    blacklist: tuple[str, ...] = (
-        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
-        "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
-        "diagram",
-    )
+    blacklist: tuple[str, ...] = REFERENCE_BLACKLIST  # the reference's 13
+    alpaca_blacklist: bool = False  # also ban Stanford Alpaca's 5 extra words
     drop_write_a_program: bool = True
     drop_leading_punctuation: bool = True
     drop_non_ascii_start: bool = True
     max_instances: int = 5
+
+
+def effective_blacklist(filters: FilterConfig) -> tuple[str, ...]:
+    """The banned words a run uses: the configured list, plus Alpaca's when asked."""
+    if not filters.alpaca_blacklist:
+        return filters.blacklist
+    return filters.blacklist + tuple(w for w in ALPACA_EXTRA_BLACKLIST if w not in filters.blacklist)
 
 
 @dataclass(frozen=True)
@@ -114,11 +135,30 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline: float | None = None
+    # every call to the endpoint failed this long: the run ends (EndpointUnavailable)
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER_S
+    # a response body, and what gzip/deflate inflate it to, past this fails the call
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     budget_usd: float | None = None
     max_total_tokens: int | None = None
     prompts_per_request: int = 5
 
     # method
+    # "reference": the reference code's decisions on model text exactly (quirks included);
+    # "default": the project's (README "Fidelity to the method" lists the differences)
+    compat: Literal["default", "reference"] = "default"
+    # "alpaca": one call writes instruction, input and output (Stanford Alpaca's variant)
+    method: Literal["self-instruct", "alpaca"] = "self-instruct"
+    # which admitted tasks get instances (the reference's --generation_tasks_only /
+    # --classification_tasks_only); the others are recorded as rejected
+    task_kinds: Literal["all", "generation", "classification"] = "all"
+    # the reference's --use_clf_seed_tasks_only: prompt (and dedup against) the
+    # classification seeds only, with the classification list header
+    classification_seeds_only: bool = False
+    # prompt templates overlaid on the project's (`selfinstruct templates import`)
+    templates: Path | None = None
+    # store each call's raw completion text and request index in raw_<stage>.jsonl
+    keep_raw: bool = False
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0
@@ -127,10 +167,23 @@ class Config:
     tokenizer: TokenizerName = "rouge"
     # "brute" scores every pool entry, as the reference did (slow; for comparisons)
     dedup_index: IndexName = "exact"
+    admission: AdmissionMode = "process"
     filters: FilterConfig = field(default_factory=FilterConfig)
     stages: dict[str, StageConfig] = field(default_factory=default_stages)
     # USD per 1M tokens by model name, [input, output]: cost in run.json, --budget-usd
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # USD per 1M cached prompt tokens by model ([prices."m"] cached_input_per_1m); a model
+    # not listed pays its input price for cached tokens
+    cached_input_prices: dict[str, float] = field(default_factory=dict)
+    batch_discount: float = 0.5  # share of every price taken off for Batch API calls
+
+    # batch mode (`generate --mode batch`): rounds of Batch API files instead of live calls
+    mode: RunMode = "online"
+    batch_backend: BatchBackend = "openai"  # files: request/output files in batch_dir
+    batch_dir: Path | None = None
+    batch_max_requests: int = 50_000  # lines of one batch file (the provider's cap)
+    batch_poll_seconds: float = 30.0
+    batch_timeout: float = 86_400.0  # a batch not finished after this counts as expired
 
     # embedded local model
     local_model: Path | None = None
@@ -202,6 +255,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "request_timeout": (0.01, 3_600.0),
     "max_attempts": (1, 100),
     "deadline": (0.01, DAY_S),
+    "give_up_after": (0.1, DAY_S),
+    "max_response_bytes": (4_096, 1024 * 1024 * 1024),
     "budget_usd": (1e-6, 1e9),
     "max_total_tokens": (1, 10**13),
     "prompts_per_request": (1, 100),
@@ -216,6 +271,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
     "max_tokens": (1, 1_000_000),
+    "classification_max_tokens": (1, 1_000_000),
     # filters
     "min_words": (0, 100_000),
     "max_words": (1, 100_000),
@@ -229,6 +285,12 @@ RANGES: dict[str, tuple[float, float]] = {
     # [prices."model"]: USD per 1M tokens
     "input_per_1m": (0.0, 1e6),
     "output_per_1m": (0.0, 1e6),
+    "cached_input_per_1m": (0.0, 1e6),
+    "batch_discount": (0.0, 1.0),
+    # batch mode
+    "batch_max_requests": (1, 50_000),
+    "batch_poll_seconds": (0.01, 3_600.0),
+    "batch_timeout": (1.0, 7 * DAY_S),
     # worker (`selfinstruct serve`)
     "port": (0, 65_535),
     "max_jobs": (1, 1_000),
@@ -238,6 +300,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_sse_streams": (1, 10_000),
     "drain_timeout_s": (0.1, 3_600.0),
     "max_body_bytes": (1_024, 16 * 1024 * 1024),
+    # decontamination, report, eval
+    "ngram": (1, 64),
+    "ngram_min_tokens": (1, 64),
+    "eval_max_tokens": (1, 100_000),
+    "eval_temperature": (0.0, 2.0),
+    "report_overlap_sample": (0, 10_000_000),
+    "report_top": (1, 1_000),
 }
 
 
@@ -281,9 +350,15 @@ def _coerce(key: str, annotation: Any, value: Any, source: str) -> Any:
             raise _fail(key, source, "***", "a string")
         return value if isinstance(value, Secret) else Secret(value)
     literal_args: tuple[Any, ...] = ()
-    if "Literal" in type_text or name in {"api", "tokenizer", "dedup_index"}:
+    if "Literal" in type_text or name in _LITERALS:
         literal_args = {
             "api": get_args(ApiKind),
+            "admission": get_args(AdmissionMode),
+            "compat": COMPAT_MODES,
+            "method": METHODS,
+            "task_kinds": TASK_KINDS,
+            "mode": get_args(RunMode),
+            "batch_backend": get_args(BatchBackend),
             "tokenizer": TOKENIZERS,
             "dedup_index": INDEXES,
         }.get(name, ())
@@ -371,7 +446,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 _FILTER_TYPES = {f.name: f.type for f in fields(FilterConfig)}
 _STAGE_TYPES = {f.name: f.type for f in fields(StageConfig)}
 # Keys that are not simple scalars and so have no SELFINSTRUCT_ env variable of their own.
-_NESTED = {"filters", "stages", "prices"}
+_NESTED = {"filters", "stages", "prices", "cached_input_prices"}
 
 
 def env_name(key: str) -> str:
@@ -441,8 +516,10 @@ def load_config(
                         )
                         sources[full] = src
             elif key == "prices":
-                values["prices"] = _read_prices(raw, src)
+                values["prices"], cached = _read_prices(raw, src)
                 sources["prices"] = src
+                if cached:
+                    values["cached_input_prices"] = cached
             elif key in _FIELD_TYPES:
                 values[key] = _coerce(key, _FIELD_TYPES[key], raw, src)
                 sources[key] = src
@@ -466,6 +543,11 @@ def load_config(
 
     # Layer 3: flags.
     for key, raw in flags.items():
+        if key.startswith("filters.") and key[len("filters."):] in _FILTER_TYPES:
+            fkey = key[len("filters."):]
+            filters[fkey] = _coerce(key, _FILTER_TYPES[fkey], raw, "from flags")
+            sources[key] = "from flags"
+            continue
         if key not in _FIELD_TYPES or key in _NESTED:
             raise ConfigError(f"config key '{key}' (from flags): unknown key")
         if key == "api_key":
@@ -484,20 +566,24 @@ def load_config(
     return config, sources
 
 
-def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
-    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5`` (USD per 1M tokens)."""
+def _read_prices(raw: Any, src: str) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """``[prices."model"] input_per_1m = 0.5, output_per_1m = 1.5, cached_input_per_1m =
+    0.25`` (USD per 1M tokens): the [input, output] pairs and the cached-input prices."""
     if not isinstance(raw, dict):
         raise _fail("prices", src, raw, "a table of models")
     prices: dict[str, tuple[float, float]] = {}
+    cached: dict[str, float] = {}
     for model, table in raw.items():
         key = f"prices.{model}"
         if not isinstance(table, dict):
             raise _fail(key, src, table, "a table with input_per_1m and output_per_1m")
-        unknown = set(table) - {"input_per_1m", "output_per_1m"}
+        unknown = set(table) - {"input_per_1m", "output_per_1m", "cached_input_per_1m"}
         if unknown:
             raise ConfigError(f"config key '{key}.{sorted(unknown)[0]}' ({src}): unknown key")
-        pair = []
-        for side in ("input_per_1m", "output_per_1m"):
+        values: dict[str, float] = {}
+        for side in ("input_per_1m", "output_per_1m", "cached_input_per_1m"):
+            if side not in table and side == "cached_input_per_1m":
+                continue
             value = table.get(side, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value):
@@ -505,9 +591,11 @@ def _read_prices(raw: Any, src: str) -> dict[str, tuple[float, float]]:
             expected = out_of_range(side, float(value))
             if expected is not None:
                 raise _fail(f"{key}.{side}", src, value, expected)
-            pair.append(float(value))
-        prices[str(model)] = (pair[0], pair[1])
-    return prices
+            values[side] = float(value)
+        prices[str(model)] = (values["input_per_1m"], values["output_per_1m"])
+        if "cached_input_per_1m" in values:
+            cached[str(model)] = values["cached_input_per_1m"]
+    return prices, cached
 
 
 def _check_consistency(config: Config) -> None:
@@ -545,6 +633,8 @@ def render(config: Config, sources: Mapping[str, str]) -> str:
         note = f"  # {sources['prices']}" if "prices" in sources else ""
         lines += ["", f"[prices.{json.dumps(model)}]{note}",
                   f"input_per_1m = {input_price!r}", f"output_per_1m = {output_price!r}"]
+        if model in config.cached_input_prices:
+            lines.append(f"cached_input_per_1m = {config.cached_input_prices[model]!r}")
     return "\n".join(lines) + "\n"
 
 

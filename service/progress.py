@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 
-def format_duration(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
     seconds = int(seconds)
@@ -49,8 +49,18 @@ def status_line(
         f"tasks {written}/{target} | admitted {admitted} | {rate:.2f} tasks/s | "
         f"in-flight {usage.get('in_flight', 0)}{_limits(usage.get('limiter'))} | "
         f"429s {usage.get('rate_limited', 0)} | "
-        f"tokens {format_count(tokens)} | ${cost:.2f} | ETA {format_duration(eta)}"
+        f"tokens {format_count(tokens)}{cache_note(usage)} | ${cost:.2f} | "
+        f"ETA {format_eta(eta)}"
     )
+
+
+def cache_note(usage: Mapping[str, Any]) -> str:
+    """" (cached 42%)" when the endpoint served part of the prompts from its cache."""
+    tokens = usage.get("tokens")
+    share = tokens.get("cached_share") if isinstance(tokens, Mapping) else None
+    if not isinstance(share, int | float) or share <= 0:
+        return ""
+    return f" (cached {share * 100:.0f}%)"
 
 
 def _limits(limiter: Any) -> str:

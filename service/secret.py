@@ -58,3 +58,10 @@ def safe_url(text: str) -> str:
 def has_credentials(url: str) -> bool:
     """True if a URL carries a user or password (which :func:`safe_url` would mask)."""
     return safe_url(url) != url
+
+
+def redact(text: str, secret: Secret | None) -> str:
+    """Replace every occurrence of the secret (and a Bearer header) in ``text``."""
+    if secret is not None and secret.reveal():
+        text = text.replace(secret.reveal(), MASK)
+    return text

@@ -151,7 +151,7 @@ def _numeric_fields() -> list[tuple[str, str]]:
     for table, cls in (("", Config), ("stages.instances.", StageConfig),
                        ("filters.", FilterConfig)):
         for f in dataclasses.fields(cls):
-            if ("int" in str(f.type) or "float" in str(f.type)) and f.name != "prices":
+            if ("int" in str(f.type) or "float" in str(f.type)) and f.name not in ("prices", "cached_input_prices"):
                 found.append((table, f.name))
     return found
 

@@ -4,13 +4,11 @@ processes, one target, one admission order, one rate budget; kill -9 and reclaim
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import threading
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 from redis.crc import key_slot
@@ -28,33 +26,22 @@ from service.generate.distributed import (
 from service.llm.limiter import LimiterSettings
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from tests.conftest import PYTHON, ROOT, start_redis_server
+from tests.conftest import start_redis_server
+from tests.helpers import jsonl, spawn_generate
 
 pytestmark = pytest.mark.redis
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
-def _jsonl(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
-
-
 async def _worker(base_url: str, url: str, run_id: str, out: Path, target: int,
                   *extra: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_API_KEY", None)
-    return await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
-        "--base-url", base_url, "--model", "sim", "--quiet", "--show", "0",
-        "--redis", url, "--run-id", run_id, *extra,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_generate(base_url, out, target, "--redis", url, "--run-id", run_id,
+                                *extra)
 
 
 def _check_gathered(url: str, run_id: str, out: Path, target: int) -> list[dict[str, object]]:
     counts = gather_run(url, run_id, out)
-    tasks = _jsonl(out / "tasks.jsonl")
+    tasks = jsonl(out / "tasks.jsonl")
     assert counts["tasks"] == target == len(tasks)
     assert len({t["id"] for t in tasks}) == target
     assert len({t["instruction"] for t in tasks}) == target
@@ -78,7 +65,7 @@ async def test_three_workers_share_target_rate_and_admission_order(
         assert worker.returncode == 0, stderr.decode()
     tasks = _check_gathered(redis_url, "three", tmp_path / "gathered", target)
     # Work really was shared: more than one process wrote tasks.
-    writers = [len(_jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(3)]
+    writers = [len(jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(3)]
     assert sum(writers) == len(tasks)
     assert sum(1 for n in writers if n) >= 2
     # One rate budget: the endpoint's limit was (almost) never hit.
@@ -128,8 +115,8 @@ async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
     # Exactly the target was committed once each; the victim's leased work was taken over.
     outcomes = [v.decode() for v in client.hvals(keys.done)]
     assert outcomes.count("written") == target
-    survivors_wrote = sum(len(_jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(2))
-    victim_wrote = len(_jsonl(tmp_path / "victim" / "tasks.jsonl"))
+    survivors_wrote = sum(len(jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(2))
+    victim_wrote = len(jsonl(tmp_path / "victim" / "tasks.jsonl"))
     # Never more than the target on disk; the victim may have died between committing a
     # task to Redis and appending it locally (the gathered run above has it).
     assert target - 5 <= victim_wrote + survivors_wrote <= target
@@ -187,7 +174,7 @@ async def test_mismatched_settings_are_refused(redis_url: str) -> None:
     other, _ = load_config({"redis": redis_url, "run_id": "cfg", "threshold": 0.6}, env={})
     a, b = RedisCoordinator(redis_url, "cfg"), RedisCoordinator(redis_url, "cfg")
     await a.join(first, [])
-    with pytest.raises(Exception, match="threshold"):
+    with pytest.raises(ConfigError, match="threshold"):
         await b.join(other, [])
     index, _ = load_config({"redis": redis_url, "run_id": "cfg", "dedup_index": "lsh64"},
                            env={})
@@ -272,8 +259,8 @@ async def test_export_gathers_a_distributed_run(redis_url: str, tmp_path: Path) 
     code = await asyncio.to_thread(main, ["export", "--run", str(out), "--redis", redis_url,
                                           "--run-id", "gather", "--format", "alpaca"])
     assert code == 0
-    assert len(_jsonl(out / "tasks.jsonl")) == 30
-    assert len(_jsonl(out / "export" / "alpaca.jsonl")) >= 30
+    assert len(jsonl(out / "tasks.jsonl")) == 30
+    assert len(jsonl(out / "export" / "alpaca.jsonl")) >= 30
     assert verify_run(out).ok
     assert await asyncio.to_thread(main, ["export", "--run", str(out), "--redis", redis_url,
                                           "--run-id", "../etc"]) == 2

@@ -29,13 +29,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.config import RANGES, STAGES, Config, load_config
-from service.errors import ConfigError, InputError
+from service.errors import ConfigError, InputError, LLMError
 from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
 from service.generate.stages.classify import parse_classify_answer
 from service.generate.stages.instances import NULL_INPUTS, parse_input_first, parse_output_first
 from service.generate.stages.instructions import parse_instruction_items
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings
-from service.llm.errors import LLMError
 from service.rundir.seeds import Instance, SeedTask, load_seed_tasks
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.answers import AnswerSettings, answer, rng_for
@@ -460,8 +459,9 @@ async def test_client_turns_any_response_into_a_result_or_an_llm_error(
         assert all(isinstance(c.text, str) for c in result.choices)
         assert result.usage.prompt_tokens >= 0 and result.usage.completion_tokens >= 0
         assert client.accounting.total_tokens >= 0 and client.accounting.cost_usd >= 0
-        # the limiter was settled with what the answer said it cost, and is usable again
-        assert client.limiter.snapshot() is not None
+        # the permit was settled and released: nothing is left in flight or waiting
+        snapshot = client.limiter.snapshot()
+        assert snapshot["in_flight"] == 0 and snapshot["queued"] == 0, snapshot
 
 
 # ------------------------------------------------------------ simulator requests

@@ -9,7 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
-from service.errors import BudgetExceeded
+from service.errors import (
+    BadResponse,
+    BudgetExceeded,
+    ClientRequestError,
+    ConnectionFailed,
+    RequestTimeout,
+    RetriesExhausted,
+    ServerError,
+)
 from service.llm import (
     BudgetSettings,
     ClientSettings,
@@ -17,14 +25,6 @@ from service.llm import (
     LLMClient,
     RetrySettings,
     Secret,
-)
-from service.llm.errors import (
-    BadResponse,
-    ClientRequestError,
-    ConnectionFailed,
-    RequestTimeout,
-    RetriesExhausted,
-    ServerError,
 )
 from service.simulator import SimSettings, SimulatedServer
 from tests.conftest import SimFactory

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
+from service.errors import ConnectionFailed, RetriesExhausted
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings
-from service.llm.errors import ConnectionFailed, RetriesExhausted
 from service.llm.http import HTTPPool, ProtocolError, ServerDisconnected, supports
 
 pytestmark = pytest.mark.timeout(30)
@@ -370,20 +370,19 @@ def test_under_uvloop() -> None:
         loop.close()
 
 
-def test_head_parsing() -> None:
-    from service.llm.http import _parse_head
-
-    http11, status, headers = _parse_head(
-        b"HTTP/1.1 429 Too Many: Requests\r\nRetry-After: 2\r\nX-Dup: first\r\nx-dup: second")
-    assert (http11, status) == (True, 429)
-    assert headers == {"retry-after": "2", "x-dup": "first"}
-    assert headers.get("Retry-After") == "2" and headers.get("nope", "d") == "d"
-    assert _parse_head(b"HTTP/1.0 200")[:2] == (False, 200)
-    for bad in (b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"HTTP/1.1 200OK", b"HTTP/2 200 OK",
-                b"HTTP/1.1 200 OK\r\n folded: x", b"HTTP/1.1 200 OK\r\nname : x",
-                b"HTTP/1.1 200 OK\r\nno colon", b"HTTP/1.1 200 OK\r\n: empty name"):
-        with pytest.raises(ProtocolError):
-            _parse_head(bad)
+async def test_headers_first_value_wins_and_lookup_ignores_case(raw: Start) -> None:
+    r = await raw(response(BODY, status="429 Too Many: Requests",
+                           headers="Retry-After: 2\r\nX-Dup: first\r\nx-dup: second\r\n"),
+                  b"HTTP/1.0 200\r\nContent-Length: 2\r\n\r\n{}")
+    pool = pool_for(r)
+    try:
+        status, headers, body = await pool.post("/c", b"{}", 5.0, 5.0)
+        assert (status, body) == (429, BODY)
+        assert headers.get("Retry-After") == "2" and headers["X-DUP"] == "first"
+        assert headers.get("nope", "d") == "d" and "retry-after" in headers
+        assert (await pool.post("/c", b"{}", 5.0, 5.0))[:1] == (200,)
+    finally:
+        pool.close()
 
 
 def test_client_used_from_a_second_event_loop() -> None:

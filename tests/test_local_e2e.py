@@ -4,32 +4,17 @@ llama.cpp model, runs every stage through it, and leaves no server behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import child_env, jsonl, process_alive
 
 pytestmark = pytest.mark.local_model
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(name, None)
-    return env
-
-
-def _lines(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
 
 
 def _children(pid: int) -> list[int]:
@@ -46,26 +31,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in (
-        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
-
-
 def test_generate_verify_export_on_the_local_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "service", "generate", "--out", str(out), "--target", "5",
          "--seed", "1", "--quiet", "--show", "1"],
-        env=_env(), capture_output=True, text=True, timeout=900,
+        env=child_env(), capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    tasks = _lines(out / "tasks.jsonl")
+    tasks = jsonl(out / "tasks.jsonl")
     assert len(tasks) == 5
-    assert len(_lines(out / "instructions.jsonl")) >= 5  # instruction stage + admission
+    assert len(jsonl(out / "instructions.jsonl")) >= 5  # instruction stage + admission
     for task in tasks:  # instance stage and filters produced kept instances
         instances = task["instances"]
         assert isinstance(instances, list) and instances
@@ -78,13 +54,13 @@ def test_generate_verify_export_on_the_local_model(tmp_path: Path) -> None:
     assert run["usage"]["tokens"]["completion"] > 0
     assert "[task_" in done.stdout  # the summary shows a finished task
     verified = subprocess.run([sys.executable, "-m", "service", "verify", str(out)],
-                              env=_env(), capture_output=True, text=True, timeout=120)
+                              env=child_env(), capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     exported = subprocess.run(
         [sys.executable, "-m", "service", "export", "--run", str(out), "--format", "alpaca"],
-        env=_env(), capture_output=True, text=True, timeout=120)
+        env=child_env(), capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr
-    records = _lines(out / "export" / "alpaca.jsonl")
+    records = jsonl(out / "export" / "alpaca.jsonl")
     assert len(records) >= 5
     assert {"instruction", "input", "output"} <= set(records[0])
 
@@ -93,7 +69,7 @@ def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "generate", "--out", str(out), "--target", "500",
-         "--quiet"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--quiet"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
         servers: list[int] = []
@@ -109,9 +85,9 @@ def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 130, stderr.decode()[-2000:]
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
+    assert not any(process_alive(pid) for pid in servers), "the llama.cpp server outlived the run"
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted"
 
@@ -120,7 +96,7 @@ def test_bench_against_the_local_server() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "service", "bench", "--requests", "6", "--concurrency", "3",
          "--max-tokens", "16", "--json", "--quiet"],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

@@ -9,7 +9,6 @@ gone, and no new non-daemon thread is left behind.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ from service.llm.local import (
     LocalModelSettings,
     default_model_path,
 )
+from tests.helpers import process_alive
 
 pytestmark = [pytest.mark.local_model, pytest.mark.timeout(90)]
 
@@ -47,18 +47,10 @@ def port_refuses(port: int) -> bool:
         return True
 
 
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def assert_stopped(server: LocalModelServer, port: int, pid: int, threads_before: set[threading.Thread]) -> None:
     assert not server.running
     assert port_refuses(port), f"port {port} still accepts connections"
-    assert process_gone(pid), f"server process {pid} still exists"
+    assert not process_alive(pid), f"server process {pid} still exists"
     assert non_daemon_threads() - threads_before == set()
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from pathlib import Path
 
-import orjson
 import pytest
 
 from service.generate.orchestrator import run_generate
@@ -18,13 +16,8 @@ from service.generate.seams import AdmissionBatch, CallFinished, PipelineObserve
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
-from tests.conftest import PYTHON, ROOT, make_config
-
-
-def lines(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+from tests.conftest import make_config
+from tests.helpers import jsonl, spawn_generate, wait_for_lines
 
 
 async def test_generate_reaches_target_and_passes_verify(sim: SimulatedServer,
@@ -33,14 +26,14 @@ async def test_generate_reaches_target_and_passes_verify(sim: SimulatedServer,
     result = await run_generate(make_config(out, sim.base_url, target=150),
                                 install_signal_handlers=False)
     assert result.summary.status == "finished"
-    tasks = lines(out / TASKS)
+    tasks = jsonl(out / TASKS)
     assert len(tasks) == 150
     report = verify_run(out)
     assert report.ok, report.summary()
     run = json.loads((out / RUN_JSON).read_text())
     assert run["counters"]["tasks_written"] == 150
     assert run["usage"]["tokens"]["total"] > 0
-    reasons = {r["reason"] for r in lines(out / REJECTED)}
+    reasons = {r["reason"] for r in jsonl(out / REJECTED)}
     assert "near_duplicate" in reasons
     assert reasons - {"near_duplicate"}, "the filters rejected nothing"
     for task in tasks:
@@ -53,15 +46,15 @@ async def test_resume_continues_without_loss_or_duplicates(sim: SimulatedServer,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "run"
     await run_generate(make_config(out, sim.base_url, target=40), install_signal_handlers=False)
-    first = lines(out / TASKS)
-    admitted_before = {r["instruction"] for r in lines(out / INSTRUCTIONS)}
+    first = jsonl(out / TASKS)
+    admitted_before = {r["instruction"] for r in jsonl(out / INSTRUCTIONS)}
     await run_generate(make_config(out, sim.base_url, target=90), install_signal_handlers=False)
-    tasks = lines(out / TASKS)
+    tasks = jsonl(out / TASKS)
     assert len(tasks) == 90
     assert tasks[:40] == first  # append-only: nothing rewritten
     assert len({t["id"] for t in tasks}) == 90
     assert len({t["instruction"] for t in tasks}) == 90
-    assert admitted_before <= {r["instruction"] for r in lines(out / INSTRUCTIONS)}
+    assert admitted_before <= {r["instruction"] for r in jsonl(out / INSTRUCTIONS)}
     assert verify_run(out).ok
 
 
@@ -75,62 +68,24 @@ async def test_per_stage_model_is_used_and_recorded(sim: SimulatedServer,
     stages["instances"] = replace(stages["instances"], model="strong-model")
     config = replace(config, stages=stages)
     await run_generate(config, install_signal_handlers=False)
-    task = lines(out / TASKS)[0]
+    task = jsonl(out / TASKS)[0]
     assert task["meta"]["stage_models"]["instances"] == "strong-model"  # type: ignore[index]
     assert task["meta"]["model"] == "sim"  # type: ignore[index]
     by_model = json.loads((out / RUN_JSON).read_text())["usage"]["tokens"]["by_model"]
     assert set(by_model) == {"sim", "strong-model"}
 
 
-async def _spawn_generate(base_url: str, out: Path, target: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_API_KEY", None)
-    return await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
-        "--base-url", base_url, "--model", "sim", "--quiet", "--show", "0",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _wait_for_tasks(path: Path, count: int, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while len(lines(path)) < count:
-        assert asyncio.get_running_loop().time() < deadline, "no progress"
-        await asyncio.sleep(0.05)
-
-
-async def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    async with SimulatedServer(SimSettings(latency_ms=150, seed=3)) as slow:
-        process = await _spawn_generate(slow.base_url, out, 400)
-        await _wait_for_tasks(out / TASKS, 20)
-        process.kill()  # SIGKILL mid-run: no chance to clean up
-        await process.wait()
-        killed_admitted = [r["instruction"] for r in lines(out / INSTRUCTIONS)]
-        process = await _spawn_generate(slow.base_url, out, 60)
-        _, stderr = await asyncio.wait_for(process.communicate(), 120)
-        assert process.returncode == 0, stderr.decode()
-    tasks = lines(out / TASKS)
-    assert len(tasks) >= 60
-    assert len({t["id"] for t in tasks}) == len(tasks)
-    assert len({t["instruction"] for t in tasks}) == len(tasks)
-    admitted = [r["instruction"] for r in lines(out / INSTRUCTIONS)]
-    assert admitted[: len(killed_admitted)] == killed_admitted  # nothing admitted was lost
-    report = verify_run(out)
-    assert report.ok, report.summary()
-
-
 async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "run"
     async with SimulatedServer(SimSettings(latency_ms=200, seed=4)) as slow:
-        process = await _spawn_generate(slow.base_url, out, 5000)
-        await _wait_for_tasks(out / TASKS, 5)
+        process = await spawn_generate(slow.base_url, out, 5000)
+        await wait_for_lines(out / TASKS, 5)
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode in (0, 130), stderr.decode()
     run = json.loads((out / RUN_JSON).read_text())
     assert run["status"] == "interrupted"
-    assert run["counters"]["tasks_written"] == len(lines(out / TASKS))
+    assert run["counters"]["tasks_written"] == len(jsonl(out / TASKS))
     assert verify_run(out).ok
 
 
@@ -191,8 +146,8 @@ async def test_observer_sees_every_event_of_a_run(sim: SimulatedServer, tmp_path
     result = await run_generate(make_config(out, sim.base_url, target=12),
                                 install_signal_handlers=False, on_pipeline=attach)
     assert result.summary.status == "finished"
-    assert recorder.written == [t["id"] for t in lines(out / TASKS)]
-    assert sum(b.admitted for b in recorder.batches) == len(lines(out / INSTRUCTIONS))
+    assert recorder.written == [t["id"] for t in jsonl(out / TASKS)]
+    assert sum(b.admitted for b in recorder.batches) == len(jsonl(out / INSTRUCTIONS))
     assert sum(b.candidates for b in recorder.batches) >= sum(b.admitted for b in recorder.batches)
     assert all(b.seconds >= 0 for b in recorder.batches)
     stages = {c.stage for c in recorder.calls if c.ok}

@@ -10,18 +10,18 @@ from email.utils import format_datetime
 
 import pytest
 
-from service.errors import LLMError
-from service.llm.constants import DEFAULT_BACKOFF_CAP_S, MAX_ERROR_MESSAGE_CHARS, MAX_RETRY_AFTER_S
-from service.llm.errors import (
+from service.errors import (
     BadResponse,
     ClientRequestError,
     ConnectionFailed,
     ContextLengthError,
+    LLMError,
     RateLimitError,
     RetriesExhausted,
     ServerError,
     is_fatal,
 )
+from service.llm.constants import DEFAULT_BACKOFF_CAP_S, MAX_ERROR_MESSAGE_CHARS, MAX_RETRY_AFTER_S
 from service.llm.retry import (
     backoff_delay,
     is_context_length_error,

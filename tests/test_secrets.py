@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ from service.errors import ConfigError
 from service.rundir.store import RUN_JSON, TASKS
 from service.serve.app import ServeSettings, Worker, is_loopback
 from service.simulator import SimSettings, SimulatedServer
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import ROOT
+from tests.helpers import ServeProcess, spawn_generate
 
 CANARY = "sk-canaryKEY-5b8e2f7d1c9a4e3b"
 FRAGMENTS = (CANARY, CANARY[3:], "canaryKEY", "5b8e2f7d1c9a4e3b")  # a cut or masked-in-part leak
@@ -68,11 +68,7 @@ def _env(key: str | None = CANARY, **extra: str) -> dict[str, str]:
 
 
 async def _generate(base_url: str, out: Path, target: int) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
-        "--base-url", base_url, "--model", "sim", "--show", "3", env=_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_generate(base_url, out, target, env=_env(), quiet=False, show=3)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
@@ -133,49 +129,10 @@ async def test_a_rejected_key_fails_clearly_and_is_echoed_nowhere(tmp_path: Path
 
 
 # --------------------------------------------------------------------------------- serve
-class _ServeProcess:
-    """`python -m service serve` with OPENAI_API_KEY set and a bearer token."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.stderr: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._url: asyncio.Future[str] | None = None
-
-    async def start(self, *flags: str) -> str:
-        self.process = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "service", "serve", "--port", "0", "--state-dir",
-            str(self.state_dir), "--drain-timeout", "2", *flags,
-            env=_env(SELFINSTRUCT_SERVE_TOKEN=TOKEN),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        self._url = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read())
-        return await asyncio.wait_for(self._url, 30)
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for raw in self.process.stderr:
-            line = raw.decode()
-            self.stderr.append(line)
-            if self._url is not None and not self._url.done() and '"listening"' in line:
-                self._url.set_result(str(orjson.loads(line)["url"]))
-        if self._url is not None and not self._url.done():
-            self._url.set_exception(RuntimeError("".join(self.stderr)))
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.process.wait(), 30)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 5)
-        return code
-
-
 async def test_serve_with_the_key_in_its_environment_leaks_it_nowhere(tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     seen: list[str] = []
-    server = _ServeProcess(tmp_path / "state")
+    server = ServeProcess(tmp_path / "state", env=_env(SELFINSTRUCT_SERVE_TOKEN=TOKEN))
     async with SimulatedServer(SimSettings(latency_ms=10, seed=4, api_key=CANARY)) as good, \
             SimulatedServer(SimSettings(latency_ms=5, seed=4,
                                         api_key="sk-the-right-key-0000")) as bad, \
@@ -215,7 +172,7 @@ async def test_serve_with_the_key_in_its_environment_leaks_it_nowhere(tmp_path: 
                 seen.append(await resp.text())
         finally:
             code = await server.stop()
-    assert code == 0, "".join(server.stderr)
+    assert code == 0, "".join(server.raw)
     assert jobs["good"]["status"] == "finished", jobs["good"]["error"]
     assert jobs["good"]["usage"]["tokens"]["total"] > 0
     assert jobs["good"]["config"]["api_key"] == "***"
@@ -223,7 +180,7 @@ async def test_serve_with_the_key_in_its_environment_leaks_it_nowhere(tmp_path: 
     # The API says what failed in the job's terms; the endpoint's words stay in the log.
     assert "refused the job's requests (HTTP 401)" in jobs["bad"]["error"], jobs["bad"]["error"]
     assert "Incorrect API key" not in jobs["bad"]["error"]
-    logs = "".join(server.stderr)
+    logs = "".join(server.raw)
     assert '"job_error"' in logs and "Incorrect API key provided: ***" in logs
     for i, text in enumerate(seen):
         assert_no_secret(text, f"serve response {i}")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +19,12 @@ from service.config import Secret
 from service.rundir.store import TASKS
 from service.rundir.verify import verify_run
 from service.serve.app import ServeSettings, Worker
+from service.serve.jobs import StateDirLocked
 from service.simulator import SimSettings, SimulatedServer
-from tests.conftest import PYTHON, ROOT
+from tests.helpers import ServeProcess, jsonl
 
 CANARY = "sk-CANARY-7f3a9c1e5b2d4f60"
 TOKEN = "test-token-0123456789abcdef"
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def _worker(tmp_path: Path, **overrides: Any) -> Worker:
@@ -125,6 +118,8 @@ async def test_job_completes_metrics_parse_and_the_key_never_leaks(
             raise AssertionError(f"{sample} {labels} missing")
 
         assert value("selfinstruct_tokens", "selfinstruct_tokens_total", kind="prompt") > 0
+        # cached prompt tokens are a kind of their own (0 here: short prompts)
+        assert value("selfinstruct_tokens", "selfinstruct_tokens_total", kind="cached") >= 0
         assert value("selfinstruct_llm_requests", "selfinstruct_llm_requests_total",
                      status="200") > 0
         assert value("selfinstruct_tasks_written", "selfinstruct_tasks_written_total") == 20
@@ -141,7 +136,7 @@ async def test_job_completes_metrics_parse_and_the_key_never_leaks(
             assert (await resp.json())["status"] == "ok"
 
     run_dir = tmp_path / "state" / "jobs" / job["id"] / "run"
-    tasks = lines(run_dir / TASKS)
+    tasks = jsonl(run_dir / TASKS)
     assert len(tasks) == 20
     assert len({t["id"] for t in tasks}) == 20
     report = verify_run(run_dir)
@@ -235,7 +230,7 @@ async def test_cancel_running_and_queued_jobs(tmp_path: Path) -> None:
         await _wait_status(session, second, {"cancelled"}, timeout=5)
 
         run_tasks = tmp_path / "state" / "jobs" / ids[0] / "run" / TASKS
-        while not lines(run_tasks):
+        while not jsonl(run_tasks):
             await asyncio.sleep(0.05)
         async with session.delete(first) as resp:
             assert resp.status == 202
@@ -281,69 +276,20 @@ async def test_draining_refuses_jobs_then_a_new_worker_resumes(tmp_path: Path) -
         assert orjson.loads(job_json.read_bytes())["status"] == "cancelled"
 
 
-class _Serve:
-    """`python -m service serve` as a subprocess; stderr (JSON logs) collected."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.logs: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._listening: asyncio.Future[str] | None = None
-
-    async def start(self) -> str:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("OPENAI_API_KEY", None)
-        env.pop("SELFINSTRUCT_SERVE_TOKEN", None)
-        self.process = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "service", "serve", "--port", "0", "--state-dir", str(self.state_dir),
-            "--drain-timeout", "2", "--no-auth", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        self._listening = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read())
-        return await asyncio.wait_for(self._listening, 20)
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for raw in self.process.stderr:
-            text = raw.decode()
-            self.raw.append(text)
-            try:
-                record = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                continue
-            self.logs.append(record)
-            if record.get("event") == "listening" and self._listening is not None \
-                    and not self._listening.done():
-                self._listening.set_result(str(record["url"]))
-        if self._listening is not None and not self._listening.done():
-            self._listening.set_exception(RuntimeError("".join(self.raw)))
-
-    async def stop(self, timeout: float) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 5)
-        return code
-
-
 async def test_sigterm_mid_job_then_restart_completes_without_loss(tmp_path: Path) -> None:
     state = tmp_path / "state"
     target = 100
     async with SimulatedServer(SimSettings(latency_ms=50, seed=5)) as sim, \
             aiohttp.ClientSession() as session:
-        server = _Serve(state)
-        url = await server.start()
+        server = ServeProcess(state)
+        url = await server.start("--no-auth")
         body = {"target": target, "base_url": sim.base_url, "model": "sim", "max_in_flight": 2}
         async with session.post(f"{url}/v1/jobs", json=body) as resp:
             assert resp.status == 201, await resp.text()
             job_id = (await resp.json())["id"]
         run_dir = state / "jobs" / job_id / "run"
         deadline = asyncio.get_running_loop().time() + 30
-        while len(lines(run_dir / TASKS)) < 5:
+        while len(jsonl(run_dir / TASKS)) < 5:
             assert asyncio.get_running_loop().time() < deadline, "".join(server.raw)
             await asyncio.sleep(0.05)
         started = asyncio.get_running_loop().time()
@@ -352,21 +298,21 @@ async def test_sigterm_mid_job_then_restart_completes_without_loss(tmp_path: Pat
         assert asyncio.get_running_loop().time() - started < 5  # --drain-timeout 2
         stored = orjson.loads((state / "jobs" / job_id / "job.json").read_bytes())
         assert stored["status"] == "interrupted", "".join(server.raw)
-        written_before = lines(run_dir / TASKS)
+        written_before = jsonl(run_dir / TASKS)
         assert 5 <= len(written_before) < target, len(written_before)
         events = [r["event"] for r in server.logs]
         assert "draining" in events and "stopped" in events
         assert all(isinstance(r.get("ts"), str) and "level" in r for r in server.logs)
 
-        server = _Serve(state)
-        url = await server.start()
+        server = ServeProcess(state)
+        url = await server.start("--no-auth")
         job = await _wait_status(session, f"{url}/v1/jobs/{job_id}", {"finished", "failed"},
                                  timeout=40)
         assert job["status"] == "finished", job["error"]
         assert job["starts"] == 2
         assert await server.stop(timeout=20) == 0
         assert "job_resumed" in [r["event"] for r in server.logs]
-    tasks = lines(run_dir / TASKS)
+    tasks = jsonl(run_dir / TASKS)
     assert len(tasks) == target
     assert tasks[: len(written_before)] == written_before
     assert len({t["id"] for t in tasks}) == target
@@ -390,7 +336,7 @@ def test_cli_refuses_remote_bind_without_flag_and_token(
 
 async def test_second_worker_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
     async with _worker(tmp_path):
-        with pytest.raises(Exception, match="in use by another worker"):
+        with pytest.raises(StateDirLocked, match="in use by another worker"):
             async with _worker(tmp_path):
                 pass
 
@@ -418,7 +364,7 @@ async def test_two_workers_on_redis_share_one_run(tmp_path: Path, redis_url: str
         finals = [await _wait_status(session, url, {"finished", "failed"}, timeout=60)
                   for url in urls]
     assert [f["status"] for f in finals] == ["finished", "finished"]
-    written = [len(lines(p)) for p in tmp_path.glob("*/jobs/*/run/tasks.jsonl")]
+    written = [len(jsonl(p)) for p in tmp_path.glob("*/jobs/*/run/tasks.jsonl")]
     assert sum(written) == 40
     out = tmp_path / "gathered"
     assert (await asyncio.to_thread(gather_run, redis_url, "shared", out))["tasks"] == 40

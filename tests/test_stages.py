@@ -135,9 +135,11 @@ def I(a: str, b: str) -> Instance:  # noqa: E743
         ([I("a", "Here is the list:")], [], [ENDS_WITH_COLON], NO_INSTANCES),
         ([I("a", "b"), I("a", "b")], [I("a", "b")], [DUPLICATE_INSTANCE], None),
         ([I("a", "b"), I("a", "c")], [], [CONFLICTING_OUTPUTS, CONFLICTING_OUTPUTS], CONFLICTING_OUTPUTS),
-        ([I(str(i), f"o{i}") for i in range(7)], [I(str(i), f"o{i}") for i in range(5)],
-         [OVER_INSTANCE_LIMIT, OVER_INSTANCE_LIMIT], None),
         ([], [], [], NO_INSTANCES),
+        # no-input tasks have many right outputs: never "conflicting" (as in the reference)
+        ([I("", "A haiku"), I("", "Another haiku")], [I("", "A haiku"), I("", "Another haiku")], [], None),
+        # an input ending with ':' is unfinished, like an output
+        ([I("Sentence:", "Positive"), I("x", "y")], [I("x", "y")], [ENDS_WITH_COLON], None),
     ],
 )
 def test_instance_filters(instances: list[Instance], kept: list[Instance], dropped_reasons: list[str], task_reason: str | None) -> None:
@@ -145,6 +147,19 @@ def test_instance_filters(instances: list[Instance], kept: list[Instance], dropp
     assert list(verdict.kept) == kept
     assert [r for _, r in verdict.dropped] == dropped_reasons
     assert verdict.task_rejection == task_reason
+
+
+def test_instance_cap_is_a_seeded_random_sample_in_order() -> None:
+    many = [I(str(i), f"o{i}") for i in range(12)]
+    samples = set()
+    for seed in range(8):
+        verdict = filter_instances(many, FilterConfig(), random.Random(seed))
+        again = filter_instances(many, FilterConfig(), random.Random(seed))
+        assert verdict == again and len(verdict.kept) == 5
+        assert list(verdict.kept) == [i for i in many if i in verdict.kept]  # order kept
+        assert [r for _, r in verdict.dropped] == [OVER_INSTANCE_LIMIT] * 7
+        samples.add(verdict.kept)
+    assert len(samples) > 1  # not always the first five
 
 
 def test_classify_prompt_and_answers() -> None:

@@ -45,10 +45,12 @@ def test_second_open_fails_while_the_first_holds_the_lock(tmp_path: Path) -> Non
 
 
 def test_context_manager_releases_the_lock(tmp_path: Path) -> None:
+    held = f"in use by another selfinstruct process \\(pid {os.getpid()}\\)"
+    with RunDir.open(tmp_path / "run"), pytest.raises(RunDirError, match=held):
+        RunDir.open(tmp_path / "run")
+    # leaving the block released it: the next open takes the lock
     with RunDir.open(tmp_path / "run"):
-        pass
-    with RunDir.open(tmp_path / "run"):
-        pass
+        assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
 
 
 def test_open_rejects_files_and_missing_dirs(tmp_path: Path) -> None:

@@ -27,8 +27,14 @@ from aiohttp import web
 
 from service.cli import main as cli_main
 from service.config import Config, Secret, load_config
-from service.errors import ConfigError, RunDirError
-from service.llm.errors import ClientRequestError, ConnectionFailed, RequestTimeout, ServerError
+from service.errors import (
+    ClientRequestError,
+    ConfigError,
+    ConnectionFailed,
+    RequestTimeout,
+    RunDirError,
+    ServerError,
+)
 from service.serve.app import ServeSettings, Worker
 from service.serve.logs import log_event
 from service.serve.policy import job_error

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
-import resource
 import signal
 import time
 from collections import Counter, deque
@@ -32,26 +31,28 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.errors import BudgetExceeded, ConfigError, LLMError
+from service.errors import (
+    BudgetExceeded,
+    ClientRequestError,
+    ConfigError,
+    ConnectionFailed,
+    ContextLengthError,
+    LLMError,
+    RetriesExhausted,
+    error_kind,
+)
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings, Secret
-from service.llm.accounting import percentile
+from service.llm.accounting import latency_summary, percentile
 from service.llm.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REQUEST_TIMEOUT_S,
     MAX_ADAPTIVE_IN_FLIGHT,
 )
-from service.llm.errors import (
-    ClientRequestError,
-    ConnectionFailed,
-    ContextLengthError,
-    RetriesExhausted,
-    error_kind,
-)
 from service.llm.limiter import Permit, RateLimiter
-from service.llm.secret import redact
+from service.llm.loop import raise_fd_limit
 from service.llm.types import Result
 from service.progress import Progress, format_count
-from service.secret import safe_url
+from service.secret import redact, safe_url
 
 ApiKind = Literal["chat", "completions"]
 
@@ -192,31 +193,6 @@ def make_prompt(index: int, prompt_tokens: int) -> str:
 def workers_for(concurrency: int | Literal["auto"]) -> int:
     """One worker a request in flight: the fixed number, or the adaptive limit's bound."""
     return MAX_ADAPTIVE_IN_FLIGHT if concurrency == "auto" else concurrency
-
-
-def raise_fd_limit() -> None:
-    """Thousands of connections need file descriptors: soft limit up to the hard one."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        if soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def summarize(values: Sequence[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-
-    def r(v: float | None) -> float | None:
-        return None if v is None else round(v, 4)
-
-    return {
-        "count": len(ordered),
-        "mean": r(sum(ordered) / len(ordered)) if ordered else None,
-        "p50": r(percentile(ordered, 50)),
-        "p90": r(percentile(ordered, 90)),
-        "p99": r(percentile(ordered, 99)),
-        "max": r(ordered[-1]) if ordered else None,
-    }
 
 
 def group_outcomes(outcomes: dict[str, int]) -> dict[str, int]:
@@ -564,8 +540,8 @@ def _report(s: BenchSettings, state: _State, limiter: TracingLimiter, client: LL
         prompts_per_s=round(state.prompts / elapsed, 3),
         prompt_tokens_per_s=round(prompt_tokens / elapsed, 2),
         completion_tokens_per_s=round(completion_tokens / elapsed, 2),
-        latency_s=summarize(state.latencies),
-        ttft_s=summarize(state.ttfts) if s.stream else None,
+        latency_s=latency_summary(state.latencies),
+        ttft_s=latency_summary(state.ttfts) if s.stream else None,
         achieved_rpm=round(achieved_rpm, 2),
         steady_rpm=None if steady_rpm is None else round(steady_rpm, 2),
         rpm_ratio=round(achieved_rpm / s.rpm, 4) if s.rpm else None,

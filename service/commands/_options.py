@@ -8,6 +8,7 @@ from typing import Any
 
 from dedup import INDEXES, TOKENIZERS
 from service.config import RANGES, Config, load_config
+from service.llm.constants import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_RESPONSE_BYTES
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
 GENERATE_FLAGS: dict[str, str] = {
@@ -25,9 +26,12 @@ GENERATE_FLAGS: dict[str, str] = {
     "inclusive_threshold": "inclusive_threshold",
     "tokenizer": "tokenizer",
     "dedup_index": "dedup_index",
+    "admission": "admission",
     "budget_usd": "budget_usd",
     "max_total_tokens": "max_total_tokens",
     "request_timeout": "request_timeout",
+    "give_up_after": "give_up_after",
+    "max_response_bytes": "max_response_bytes",
     "prompts_per_request": "prompts_per_request",
     "classification_share": "classification_share",
     "local_model": "local_model",
@@ -38,6 +42,20 @@ GENERATE_FLAGS: dict[str, str] = {
     "lease_seconds": "lease_seconds",
     "quiet": "quiet",
     "fsync": "fsync",
+    "compat": "compat",
+    "method": "method",
+    "max_instances": "filters.max_instances",
+    "alpaca_blacklist": "filters.alpaca_blacklist",
+    "task_kinds": "task_kinds",
+    "classification_seeds_only": "classification_seeds_only",
+    "templates": "templates",
+    "keep_raw": "keep_raw",
+    "mode": "mode",
+    "batch_backend": "batch_backend",
+    "batch_dir": "batch_dir",
+    "batch_max_requests": "batch_max_requests",
+    "batch_poll_seconds": "batch_poll_seconds",
+    "batch_timeout": "batch_timeout",
 }
 
 
@@ -58,9 +76,12 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inclusive-threshold", action="store_const", const=True, default=None, help="reject at >= threshold (the paper's text) instead of > (its code)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, help="ROUGE-L tokenizer")
     parser.add_argument("--dedup-index", choices=INDEXES, help="dedup prefilter (brute: score every entry, as the reference did)")
+    parser.add_argument("--admission", choices=["thread", "process"], help="where the dedup pool runs: its own process (default; a core of its own) or a thread")
     parser.add_argument("--budget-usd", metavar="USD", help="stop new calls once the cost reaches this")
     parser.add_argument("--max-total-tokens", metavar="N", help="stop new calls after this many tokens")
     parser.add_argument("--request-timeout", metavar="SECONDS", help="per-request timeout")
+    parser.add_argument("--give-up-after", metavar="SECONDS", help=f"end the run when every call to the endpoint has failed this long (default {DEFAULT_GIVE_UP_AFTER_S:g})")
+    parser.add_argument("--max-response-bytes", metavar="N", help=f"largest response body, also after gzip/deflate (default {DEFAULT_MAX_RESPONSE_BYTES})")
     parser.add_argument("--prompts-per-request", metavar="N", help="instruction prompts batched into one completions request")
     parser.add_argument("--classification-share", metavar="F", help="share of instruction prompts asking for classification tasks")
     parser.add_argument("--local-model", metavar="PATH.gguf", help="serve this GGUF file instead of the bundled model")
@@ -71,6 +92,23 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-seconds", metavar="S", help="distributed: reclaim a silent worker's tasks after this (default 60)")
     parser.add_argument("--quiet", action="store_const", const=True, default=None, help="no progress display")
     parser.add_argument("--fsync", action="store_const", const=True, default=None, help="fsync every record (slower; survives power loss)")
+    method = parser.add_argument_group("fidelity to the method (README: Fidelity to the method)")
+    method.add_argument("--compat", choices=["default", "reference"], help="reference: the reference code's parsing, filters, stop sequences and max_tokens exactly")
+    method.add_argument("--method", choices=["self-instruct", "alpaca"], help="alpaca: one call writes instruction, input and output (Stanford Alpaca's variant)")
+    method.add_argument("--max-instances", metavar="N", help="instances kept a task (a random sample); also sets the 'Example N+1' stop sequence")
+    method.add_argument("--alpaca-blacklist", action="store_const", const=True, default=None, help="also drop instructions naming Alpaca's 5 extra words (video, audio, music, flowchart, diagram)")
+    kinds = method.add_mutually_exclusive_group()
+    kinds.add_argument("--generation-tasks-only", dest="task_kinds", action="store_const", const="generation", default=None, help="write instances for non-classification tasks only")
+    kinds.add_argument("--classification-tasks-only", dest="task_kinds", action="store_const", const="classification", help="write instances for classification tasks only")
+    method.add_argument("--classification-seeds-only", action="store_const", const=True, default=None, help="prompt with (and dedup against) the classification seed tasks only, as the reference's --use_clf_seed_tasks_only")
+    method.add_argument("--templates", metavar="FILE", help="prompt templates file (selfinstruct templates import)")
+    method.add_argument("--keep-raw", action="store_const", const=True, default=None, help="store each call's raw completion and request index in raw_<stage>.jsonl (re-parse with selfinstruct parse)")
+    parser.add_argument("--mode", choices=["online", "batch"], help="online calls, or rounds of Batch API files (half the price, hours not minutes)")
+    parser.add_argument("--batch-backend", choices=["openai", "files"], help="batch mode: the endpoint's Batch API, or request/output files in --batch-dir")
+    parser.add_argument("--batch-dir", metavar="DIR", help="batch mode, files backend: where request files go and output files are awaited")
+    parser.add_argument("--batch-max-requests", metavar="N", help="batch mode: most requests in one batch file and instruction requests in one round")
+    parser.add_argument("--batch-poll-seconds", metavar="S", help="batch mode: seconds between status polls")
+    parser.add_argument("--batch-timeout", metavar="S", help="batch mode: a batch not finished after this is cancelled; its unfinished lines are resubmitted")
     add_range_help(parser)
 
 

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.commands._options import add_generate_options, config_from_args
 from service.generate.orchestrator import print_summary, run_generate, show_tasks
+
+if TYPE_CHECKING:
+    from service.generate.pipeline import Pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generate_options(parser)
     parser.add_argument("--show", type=int, default=2, metavar="N", help="finished tasks to print at the end (default 2)")
+    parser.add_argument(
+        "--decontaminate", nargs="*", type=Path, metavar="FILE",
+        help="reject tasks sharing a 13-gram (normalised tokens) with these evaluation sets "
+             "(reason contamination, with the matching id); no FILE: the bundled 252 "
+             "user-oriented tasks of the Self-Instruct paper",
+    )
+    parser.add_argument("--decontaminate-field", action="append", default=[], metavar="NAME",
+                        help="text field of the --decontaminate files (repeatable; default: "
+                             "the paper's format)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +33,18 @@ def run(args: argparse.Namespace) -> int:
     from service.generate.llm_backend import install_uvloop
 
     install_uvloop()
-    result = asyncio.run(run_generate(config))
+    on_pipeline = None
+    if args.decontaminate is not None:
+        from service.decontam.check import build_index, decontaminate_while_generating
+        from service.decontam.evalsets import DEFAULT_EVAL_SET
+
+        index, sources = build_index(args.decontaminate or [DEFAULT_EVAL_SET],
+                                     fields=args.decontaminate_field)
+
+        def on_pipeline(pipeline: Pipeline) -> None:
+            pipeline.checks.add(decontaminate_while_generating(pipeline.run_dir, index, sources))
+
+    result = asyncio.run(run_generate(config, on_pipeline=on_pipeline))
     print_summary(result, examples=show_tasks(result.out, args.show) if args.show > 0 else ())
     if result.summary.status == "interrupted":
         return 130

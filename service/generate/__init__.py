@@ -1,1 +1,1 @@
-"""`selfinstruct generate`: the pipeline, its stages and filters, admission, orchestration."""
+"""`selfinstruct generate`: the pipeline, its seams, supply, stages, records, resume, orchestration."""

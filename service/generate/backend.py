@@ -30,7 +30,7 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class Choice:
+class StageAnswer:
     """One prompt's answer. ``finish_reason == "length"`` means the text was cut."""
 
     text: str
@@ -49,7 +49,7 @@ class StagePrompt:
 class Backend(Protocol):
     async def complete(
         self, stage: str, prompts: Sequence[StagePrompt], sampling: Sampling
-    ) -> list[Choice]:
+    ) -> list[StageAnswer]:
         """Return one choice per prompt, in order. Raises service.errors.LLMError
         subclasses (after the client's own retries) or BudgetExceeded."""
         ...

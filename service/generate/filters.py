@@ -6,13 +6,14 @@ so scripts can rely on them.
 
 from __future__ import annotations
 
+import random
 import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from service.config import FilterConfig
+from service.config import FilterConfig, effective_blacklist
 from service.rundir.seeds import Instance
 
 # instruction-level reasons
@@ -60,8 +61,9 @@ def instruction_rejection(text: str, config: FilterConfig) -> tuple[str, str] | 
         return TOO_SHORT, f"{words} words"
     if words > config.max_words:
         return TOO_LONG, f"{words} words"
-    if config.blacklist:
-        match = _blacklist_pattern(tuple(config.blacklist)).search(text)
+    words_banned = effective_blacklist(config)
+    if words_banned:
+        match = _blacklist_pattern(words_banned).search(text)
         if match:
             return BLACKLISTED_WORD, match.group(0).lower()
     if config.drop_write_a_program and text.lower().startswith("write a program"):
@@ -80,11 +82,14 @@ class InstanceVerdict:
     task_rejection: str | None
 
 
-def filter_instances(instances: Sequence[Instance], config: FilterConfig) -> InstanceVerdict:
-    """Apply the reference's instance filters, in its order.
+def check_instances(instances: Sequence[Instance], config: FilterConfig) -> InstanceVerdict:
+    """Apply the reference's instance filters, in its order (no cap; see cap_instances).
 
-    A task whose instances map one input to different outputs is dropped whole: the task
-    is ambiguous, and no subset of its instances is trustworthy.
+    A pair is dropped when its output is empty or equals its input, or when its input or
+    output ends with ':' (an unfinished generation). A task whose instances map one
+    non-empty input to different outputs is dropped whole: the task is ambiguous, and no
+    subset of its instances is trustworthy. Pairs with no input never conflict: a
+    no-input task ("Write a haiku") has many right outputs.
     """
     kept: list[Instance] = []
     dropped: list[tuple[Instance, str]] = []
@@ -96,7 +101,7 @@ def filter_instances(instances: Sequence[Instance], config: FilterConfig) -> Ins
             dropped.append((inst, EMPTY_OUTPUT))
         elif out == inp:
             dropped.append((inst, OUTPUT_EQUALS_INPUT))
-        elif out.endswith(":"):
+        elif out.endswith(":") or inp.endswith(":"):
             dropped.append((inst, ENDS_WITH_COLON))
         elif (inp, out) in seen:
             dropped.append((inst, DUPLICATE_INSTANCE))
@@ -105,12 +110,38 @@ def filter_instances(instances: Sequence[Instance], config: FilterConfig) -> Ins
             kept.append(inst)
     outputs_by_input: dict[str, set[str]] = {}
     for inst in kept:
-        outputs_by_input.setdefault(inst.input, set()).add(inst.output)
+        if inst.input:
+            outputs_by_input.setdefault(inst.input, set()).add(inst.output)
     if any(len(outs) > 1 for outs in outputs_by_input.values()):
         return InstanceVerdict((), (*dropped, *((i, CONFLICTING_OUTPUTS) for i in kept)), CONFLICTING_OUTPUTS)
-    over = kept[config.max_instances :]
-    kept = kept[: config.max_instances]
-    dropped.extend((inst, OVER_INSTANCE_LIMIT) for inst in over)
     if not kept:
         return InstanceVerdict((), tuple(dropped), NO_INSTANCES)
     return InstanceVerdict(tuple(kept), tuple(dropped), None)
+
+
+def cap_instances(
+    kept: Sequence[Instance], limit: int, rng: random.Random
+) -> tuple[list[Instance], list[Instance]]:
+    """At most ``limit`` instances, a random sample as in the reference (not the first
+    ones, which would favour whatever the model writes first); kept in their order."""
+    if len(kept) <= limit:
+        return list(kept), []
+    chosen = set(rng.sample(range(len(kept)), limit))
+    return (
+        [inst for n, inst in enumerate(kept) if n in chosen],
+        [inst for n, inst in enumerate(kept) if n not in chosen],
+    )
+
+
+def filter_instances(
+    instances: Sequence[Instance], config: FilterConfig, rng: random.Random | None = None
+) -> InstanceVerdict:
+    """check_instances, then the random cap (``rng`` None: a fixed seed, for tests and
+    tools that want one answer)."""
+    verdict = check_instances(instances, config)
+    if verdict.task_rejection is not None:
+        return verdict
+    kept, over = cap_instances(verdict.kept, config.max_instances, rng or random.Random(0))
+    return InstanceVerdict(
+        tuple(kept), (*verdict.dropped, *((i, OVER_INSTANCE_LIMIT) for i in over)), None
+    )

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from service.config import Config
-from service.generate.backend import Choice, Sampling, StagePrompt
+from service.generate.backend import Sampling, StageAnswer, StagePrompt
 from service.llm import (
     BudgetSettings,
     ClientSettings,
     LimiterSettings,
     LLMClient,
     Price,
+    Result,
     RetrySettings,
     install_uvloop,
 )
@@ -59,7 +60,7 @@ class LLMBackend:
 
     async def complete(
         self, stage: str, prompts: Sequence[StagePrompt], sampling: Sampling
-    ) -> list[Choice]:
+    ) -> list[StageAnswer]:
         client = self._clients[self._base_url(stage)]
         model = self.stage_model(stage)
         options: dict[str, Any] = {
@@ -76,12 +77,21 @@ class LLMBackend:
             results = await asyncio.gather(
                 *(client.chat(_messages(p), **options) for p in prompts)
             )
+            self._record_stage(stage, results)
             return [_first(result.choices) for result in results]
         if self.list_prompts or len(prompts) == 1:
             result = await client.complete([p.text for p in prompts], **options)
+            self._record_stage(stage, [result])
             return [_first(result.for_prompt(i)) for i in range(len(prompts))]
         results = await asyncio.gather(*(client.complete(p.text, **options) for p in prompts))
+        self._record_stage(stage, results)
         return [_first(result.choices) for result in results]
+
+    def _record_stage(self, stage: str, results: Sequence[Result]) -> None:
+        for result in results:
+            u = result.usage
+            self.accounting.record_stage(stage, u.prompt_tokens, u.completion_tokens,
+                                         u.cached_tokens)
 
     def limiters(self) -> list[RateLimiter]:
         return [client.limiter for client in self._clients.values()]
@@ -104,13 +114,19 @@ def _messages(prompt: StagePrompt) -> list[dict[str, str]]:
     return messages
 
 
-def _first(choices: Sequence[Any]) -> Choice:
+def _first(choices: Sequence[Any]) -> StageAnswer:
     """The first choice, or an empty one if the endpoint returned none for this prompt
     (an empty answer is parsed into nothing and counted, never crashes the run)."""
     if not choices:
-        return Choice("", "missing")
+        return StageAnswer("", "missing")
     choice = choices[0]
-    return Choice(str(choice.text), choice.finish_reason)
+    return StageAnswer(str(choice.text), choice.finish_reason)
+
+
+def prices_of(config: Config) -> dict[str, Price]:
+    """The prices table as the accounting needs it (cached-input price, batch discount)."""
+    return {model: Price(i, o, config.cached_input_prices.get(model), config.batch_discount)
+            for model, (i, o) in config.prices.items()}
 
 
 def client_settings(config: Config, base_url: str) -> ClientSettings:
@@ -123,13 +139,15 @@ def client_settings(config: Config, base_url: str) -> ClientSettings:
                                 in_flight=config.in_flight_mode()),
         retry=RetrySettings(max_attempts=config.max_attempts,
                             request_timeout_s=config.request_timeout,
-                            deadline_s=config.deadline),
-        prices={model: Price(i, o) for model, (i, o) in config.prices.items()},
+                            deadline_s=config.deadline,
+                            give_up_after_s=config.give_up_after),
+        prices=prices_of(config),
         budget=BudgetSettings(max_total_tokens=config.max_total_tokens,
                               budget_usd=config.budget_usd),
         jitter_seed=config.seed,
         # SELFINSTRUCT_HTTP_CLIENT=aiohttp: every call through aiohttp instead of the lean pool
         lean_http=os.environ.get("SELFINSTRUCT_HTTP_CLIENT", "lean") != "aiohttp",
+        max_response_bytes=config.max_response_bytes,
     )
 
 

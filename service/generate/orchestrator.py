@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from service.config import Config, StageConfig
 from service.errors import ConfigError, SelfInstructError
-from service.generate.admission import make_admit
+from service.generate.admission import open_admission
 from service.generate.backend import Backend
 from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
 from service.generate.resume import seeds_for_run
+from service.generate.templates import load_templates
+from service.generate.timeline import record_timeline
 from service.progress import Progress, status_line
 from service.rundir.seeds import SeedTask, default_seed_path, load_seed_tasks
 from service.rundir.store import TASKS, RunDir
@@ -101,6 +103,14 @@ async def run_generate(
 ) -> RunResult:
     """Run (or resume) a generation into ``config.out``."""
     progress = progress or Progress(quiet=config.quiet)
+    if config.mode == "batch":  # rounds of Batch API files: service.generate.batch_mode
+        if config.redis is not None:
+            raise ConfigError("config key 'mode': batch mode runs in one process (no --redis)")
+        from service.generate.batch_mode import run_batch_generate
+
+        summary = await run_batch_generate(config, progress=progress,
+                                           install_signal_handlers=install_signal_handlers)
+        return RunResult(summary, Path(config.out), ())
     seeds = load_seeds(config)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = None
@@ -118,17 +128,24 @@ async def run_generate(
             backend_factory = functools.partial(open_backend, limiter=limiter)
         live_config = await stack.enter_async_context(endpoint_for(config))
         backend = await stack.enter_async_context(backend_factory(live_config))
-        seed_texts = [s.instruction for s in seeds]
+        # --classification-seeds-only: the pool holds the classification seeds only, as
+        # the reference's --use_clf_seed_tasks_only compares with the seeds it prompts with
+        seed_texts = [s.instruction for s in seeds
+                      if s.is_classification or not config.classification_seeds_only]
         if coordinator is not None:
             # The replica catches up on the whole admission stream: not on the loop.
             admit = await asyncio.get_running_loop().run_in_executor(
                 None, coordinator.make_admit, live_config, seed_texts
             )
         else:
-            admit = make_admit(live_config, seed_texts, _existing_texts(run_dir))
+            admit = stack.enter_context(
+                open_admission(live_config, seed_texts, _existing_texts(run_dir))
+            )
+        templates = load_templates(config.templates) if config.templates is not None else None
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
-                            coordinator=coordinator)
+                            coordinator=coordinator, templates=templates)
         pipeline.load_existing()
+        record_timeline(pipeline)
         if on_pipeline is not None:
             on_pipeline(pipeline)
         start_written = pipeline.state.tasks_written
@@ -145,8 +162,13 @@ async def run_generate(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, _on_signal, pipeline, progress)
                     installed.append(sig)
+        from service.generate.plan import plan_for_run
+
+        plan = plan_for_run(live_config, seeds)
         try:
             summary = await pipeline.run()
+            if plan is not None:  # the estimate next to the actuals
+                run_dir.write_run_json({**pipeline.run_json(), "plan": plan})
         finally:
             for installed_sig in installed:
                 loop.remove_signal_handler(installed_sig)

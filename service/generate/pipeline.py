@@ -7,19 +7,16 @@
 
 Every queue is bounded, so a slow stage pushes back instead of growing memory. Admission
 is the one ordered step: a single consumer hands candidates, in arrival order, to the
-dedup pool running in its own thread (the pool's only owner), so decisions equal a
-sequential run over the admission log and the event loop never blocks on ROUGE-L.
-
+dedup pool's only owner (a thread, or the process of :mod:`.admission`), so decisions
+equal a sequential run over the admission log and the event loop never blocks on ROUGE-L.
 This class keeps the graph; a stage call lives in :mod:`.stage_calls`, when to ask for
 more in :mod:`.supply`, the files' records in :mod:`.records`, reading a run directory
-back in :mod:`.resume`, stop and drain in :mod:`.control`, and what others plug in or
-watch in :mod:`.seams`.
+back in :mod:`.resume`, stop and drain in :mod:`.control`, plug-ins in :mod:`.seams`.
 
 Repeatable runs: with ``max_in_flight == 1`` (and no coordinator) the stages take turns
-as in the reference (ask, admit, finish every admitted task, ask again), so with a fixed
-``seed``, the same seeds and settings and a deterministic endpoint, tasks.jsonl,
-instructions.jsonl and rejected.jsonl come out the same byte for byte. With more
-requests in flight, admission follows the order answers arrive in, which no seed fixes.
+as in the reference (ask, admit, finish every admitted task, ask again), so a fixed
+``seed``, the same seeds and settings and a deterministic endpoint give the same files
+byte for byte. With more in flight, admission follows the order answers arrive in.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service.config import Config
-from service.errors import BudgetExceeded, LLMError, RunDirError
+from service.errors import BudgetExceeded, LLMError, RunDirError, is_fatal
 from service.generate import control, records, resume, supply
 from service.generate.backend import Backend
 from service.generate.control import RunControl
@@ -44,13 +41,13 @@ from service.generate.seams import (
     Observers,
     PendingTask,
     PipelineObserver,
+    TaskChecks,
     timed_admit,
 )
 from service.generate.stage_calls import Candidate, StageCalls
 from service.generate.templates import Templates, load_templates
-from service.llm.errors import is_fatal
 from service.rundir.seeds import SeedTask
-from service.rundir.store import INSTRUCTIONS, REJECTED, TASKS, RunDir
+from service.rundir.store import INSTRUCTIONS, RAW_FILES, REJECTED, TASKS, RunDir
 
 
 class Pipeline:
@@ -82,9 +79,11 @@ class Pipeline:
         self.machine_instructions: list[str] = []
         self.observers = Observers(observers)
         self.control = RunControl(self.observers)
+        self.checks = TaskChecks()  # a finished task must pass these to be written
         self._admit = admit
         self._calls = StageCalls(config, backend, templates or load_templates(), self.seeds,
-                                 self.state, self._reject, self.observers.call_finished)
+                                 self.state, self._reject, self.observers.call_finished,
+                                 lambda stage, rec: self.run_dir.append(RAW_FILES[stage], rec))
         self._next_task_number = 1
         self._pending_resume: list[PendingTask] = []
         # Set once the resumed backlog is queued: new admissions queue behind it, so a
@@ -116,6 +115,7 @@ class Pipeline:
         self.machine_instructions.extend(back.admitted_texts)
         self._next_task_number = max(self._next_task_number, back.next_task_number)
         self._pending_resume = back.pending
+        self._calls.remember(back.sources)
         return back.admitted_texts
 
     def request_drain(self) -> None:
@@ -215,9 +215,10 @@ class Pipeline:
                     )
                     continue
                 task = PendingTask(decision.task_id or self._new_task_id(), text,
-                                   decision.most_similar)
+                                   decision.most_similar, avg_similarity=decision.avg_similarity)
                 self.run_dir.append(INSTRUCTIONS, records.instruction_record(
-                    task.id, text, decision.most_similar, decision.score, source))
+                    task.id, text, decision.most_similar, decision.score, source,
+                    decision.avg_similarity))
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
                 if self.coordinator is not None:
@@ -281,7 +282,13 @@ class Pipeline:
             return False  # target reached meanwhile: leave it pending, do not overshoot
         models = {s: self.backend.stage_model(s) for s in ("instructions", "classify", "instances")}
         record = records.task_record(task.id, task.instruction, answer.is_classification,
-                                     answer.instances, task.most_similar, models)
+                                     answer.instances, task.most_similar, models,
+                                     task.avg_similarity, answer.raw_instances)
+        if (refused := self.checks.first_rejection(record)) is not None:
+            self._reject(refused.stage, refused.reason, task.instruction, task_level=True,
+                         id=task.id, **refused.detail)
+            await self._settle(task, "dropped")
+            return True
         # Committed once, globally, before the local copy: a duplicate (a task reclaimed
         # from a worker that was only slow) or a full target writes nothing.
         if self.coordinator is not None and not await self.coordinator.commit_task(

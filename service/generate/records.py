@@ -1,5 +1,5 @@
 """What a run writes: the records of instructions.jsonl, tasks.jsonl and rejected.jsonl,
-and run.json's counters. One place, so the files' shapes (docs/contract.md) are read here
+and run.json's counters. The files' shapes (README, "The run directory") are made here
 and nowhere else in the pipeline."""
 
 from __future__ import annotations
@@ -57,16 +57,31 @@ def rejection_record(stage: str, reason: str, text: str, *, task_level: bool,
 
 
 def instruction_record(task_id: str, text: str, most_similar: dict[str, float],
-                       score: float, source: dict[str, Any]) -> dict[str, Any]:
-    """A line of instructions.jsonl: one admitted instruction, in admission order."""
-    return {"id": task_id, "instruction": text, "most_similar": most_similar,
-            "max_score": score, "source": source}
+                       score: float, source: dict[str, Any],
+                       avg_similarity: float | None = None) -> dict[str, Any]:
+    """A line of instructions.jsonl: one admitted instruction, in admission order, with
+    the reference's ``avg_similarity_score`` and ``request_idx`` (the call it came from)."""
+    record = {"id": task_id, "instruction": text, "most_similar": most_similar,
+              "max_score": score, "source": source}
+    if avg_similarity is not None:
+        record["avg_similarity_score"] = avg_similarity
+    if "request_idx" in source:
+        record["request_idx"] = source["request_idx"]
+    return record
 
 
 def task_record(task_id: str, instruction: str, is_classification: bool,
                 instances: list[Instance], most_similar: dict[str, float],
-                models: dict[str, str]) -> dict[str, Any]:
-    """A line of tasks.jsonl; ``models`` maps each stage to the model that served it."""
+                models: dict[str, str], avg_similarity: float | None = None,
+                raw_instances: str | None = None) -> dict[str, Any]:
+    """A line of tasks.jsonl; ``models`` maps each stage to the model that served it.
+    ``avg_similarity_score`` and (compat reference) ``raw_instances`` are the
+    reference's fields."""
+    extra: dict[str, Any] = {}
+    if avg_similarity is not None:
+        extra["avg_similarity_score"] = avg_similarity
+    if raw_instances is not None:
+        extra["raw_instances"] = raw_instances
     return {
         "id": task_id,
         "instruction": instruction,
@@ -77,6 +92,7 @@ def task_record(task_id: str, instruction: str, is_classification: bool,
             "model": models["instructions"],
             "stage_models": {s: models[s] for s in ("classify", "instances")},
         },
+        **extra,
     }
 
 

@@ -26,6 +26,7 @@ class Resumed:
     admitted_texts: list[str] = field(default_factory=list)  # admission order
     pending: list[PendingTask] = field(default_factory=list)
     next_task_number: int = 1
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # pending text -> source
 
 
 def read_back(run_dir: RunDir, *, distributed: bool = False) -> Resumed:
@@ -46,9 +47,13 @@ def read_back(run_dir: RunDir, *, distributed: bool = False) -> Resumed:
         out.admitted_texts.append(text)
         out.next_task_number = max(out.next_task_number, task_number(str(rec["id"])) + 1)
         if not distributed and rec["id"] not in done_ids and rec["id"] not in dropped_ids:
-            out.pending.append(
-                PendingTask(str(rec["id"]), text, dict(rec.get("most_similar") or {}))
-            )
+            avg = rec.get("avg_similarity_score")
+            out.pending.append(PendingTask(
+                str(rec["id"]), text, dict(rec.get("most_similar") or {}),
+                avg_similarity=float(avg) if isinstance(avg, int | float) else None,
+            ))
+            if isinstance(rec.get("source"), dict):
+                out.sources[text] = rec["source"]
     out.state.resumed_pending = len(out.pending)
     return out
 

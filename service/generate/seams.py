@@ -23,6 +23,7 @@ class DedupDecision:
     match: str | None
     most_similar: dict[str, float]
     task_id: str | None = None  # set by a coordinator that numbers tasks globally
+    avg_similarity: float | None = None  # mean ROUGE-L F against the whole pool (the reference's)
 
 
 AdmitFn = Callable[[Sequence[str]], list[DedupDecision]]
@@ -44,6 +45,7 @@ class PendingTask:
     most_similar: dict[str, float]
     attempts: int = 0
     ref: str | None = None  # the coordinator's handle (e.g. a Redis stream entry id)
+    avg_similarity: float | None = None
 
 
 class Coordinator(Protocol):
@@ -91,6 +93,7 @@ class CallFinished:
     prompts: int
     ok: bool
     error: str | None = None  # the error's class name when not ok
+    seconds: float = 0.0  # the call's wall time, the client's retries and waits included
 
 
 class PipelineObserver:
@@ -136,3 +139,34 @@ class Observers(PipelineObserver):
     def stop_requested(self, status: str) -> None:
         for observer in self.subscribers:
             observer.stop_requested(status)
+
+
+@dataclass(frozen=True)
+class TaskRejection:
+    """Why a check refuses a finished task: written to rejected.jsonl as a task-level
+    rejection (``detail`` adds fields, e.g. the matching evaluation item)."""
+
+    stage: str
+    reason: str
+    detail: dict[str, Any]
+
+
+TaskCheck = Callable[[dict[str, Any]], "TaskRejection | None"]
+
+
+class TaskChecks:
+    """Checks a finished task's record must pass before it is written (e.g.
+    decontamination); the first refusal wins. Each runs on the event loop: keep it fast."""
+
+    def __init__(self) -> None:
+        self.checks: list[TaskCheck] = []
+
+    def add(self, check: TaskCheck) -> None:
+        self.checks.append(check)
+
+    def first_rejection(self, record: dict[str, Any]) -> TaskRejection | None:
+        for check in self.checks:
+            rejection = check(record)
+            if rejection is not None:
+                return rejection
+        return None

@@ -18,16 +18,16 @@ if TYPE_CHECKING:
     from service.llm.client import LLMClient
     from service.llm.limiter import LimiterSettings, Permit, RateLimiter
     from service.llm.loop import install_uvloop
-    from service.llm.secret import Secret
     from service.llm.settings import ClientSettings, RetrySettings
     from service.llm.types import Choice, Result, Usage
+    from service.secret import Secret
 
 # name -> module: loaded on first use, so importing a light submodule (the defaults in
 # service.llm.constants, which config reads) does not pull in aiohttp.
 _EXPORTS = {
     "Accounting": "accounting", "BudgetSettings": "accounting", "Price": "accounting",
     "LLMClient": "client", "LimiterSettings": "limiter", "Permit": "limiter",
-    "RateLimiter": "limiter", "install_uvloop": "loop", "Secret": "secret",
+    "RateLimiter": "limiter", "install_uvloop": "loop", "Secret": "service.secret",
     "ClientSettings": "settings", "RetrySettings": "settings", "Choice": "types",
     "Result": "types", "Usage": "types",
 }
@@ -37,7 +37,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'service.llm' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"service.llm.{module}"), name)
+    path = module if "." in module else f"service.llm.{module}"
+    return getattr(importlib.import_module(path), name)
 
 
 __all__ = [

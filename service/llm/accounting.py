@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +13,29 @@ from service.errors import BudgetExceeded
 _RESERVOIR = 20_000  # latency samples kept for percentiles (uniform reservoir sample)
 
 
+DEFAULT_BATCH_DISCOUNT = 0.5  # hosted Batch APIs bill half the list price
+
+
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens. ``cached_input_per_1m`` prices prompt tokens served from the
+    provider's prompt cache (None: the input price); ``batch_discount`` is the share taken
+    off every price for calls made through a Batch API."""
 
     input_per_1m: float = 0.0
     output_per_1m: float = 0.0
+    cached_input_per_1m: float | None = None
+    batch_discount: float = DEFAULT_BATCH_DISCOUNT
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+             *, batch: bool = False) -> float:
+        """USD for one call's tokens (cached tokens are a part of the prompt tokens)."""
+        cached = min(max(0, cached_tokens), max(0, prompt_tokens))
+        cached_rate = self.input_per_1m if self.cached_input_per_1m is None \
+            else self.cached_input_per_1m
+        usd = ((prompt_tokens - cached) * self.input_per_1m + cached * cached_rate
+               + completion_tokens * self.output_per_1m) / 1_000_000
+        return usd * (1.0 - self.batch_discount) if batch else usd
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,27 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     rank = max(1, min(len(sorted_values), round(q / 100.0 * len(sorted_values) + 0.5)))
     return sorted_values[rank - 1]
+
+
+def latency_summary(values: Sequence[float], *, count: int | None = None,
+                    total: float | None = None) -> dict[str, float | int | None]:
+    """count, mean, p50/p90/p99 and max (seconds, rounded to 0.1 ms) of ``values``; a
+    sample of a larger series passes the series' own ``count`` and ``total``."""
+    ordered = sorted(values)
+    n = len(ordered) if count is None else count
+    sum_all = sum(ordered) if total is None else total
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 4)
+
+    return {
+        "count": n,
+        "mean": r(sum_all / n) if n else None,
+        "p50": r(percentile(ordered, 50)),
+        "p90": r(percentile(ordered, 90)),
+        "p99": r(percentile(ordered, 99)),
+        "max": r(ordered[-1]) if ordered else None,
+    }
 
 
 class _Reservoir:
@@ -54,18 +92,7 @@ class _Reservoir:
                 self.values[j] = value
 
     def summary(self) -> dict[str, float | int | None]:
-        def r(v: float | None) -> float | None:
-            return None if v is None else round(v, 4)
-
-        ordered = sorted(self.values)
-        return {
-            "count": self.count,
-            "mean": r(self.total / self.count) if self.count else None,
-            "p50": r(percentile(ordered, 50)),
-            "p90": r(percentile(ordered, 90)),
-            "p99": r(percentile(ordered, 99)),
-            "max": r(ordered[-1]) if ordered else None,
-        }
+        return latency_summary(self.values, count=self.count, total=self.total)
 
 
 class Accounting:
@@ -82,6 +109,9 @@ class Accounting:
         self.budget = budget
         self.prompt_tokens: Counter[str] = Counter()
         self.completion_tokens: Counter[str] = Counter()
+        self.cached_tokens: Counter[str] = Counter()  # by model: part of prompt_tokens
+        # by pipeline stage: {"prompt", "completion", "cached", "requests"}
+        self.by_stage: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.requests_by_model: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # "200", "429", "500", "timeout", ...
         self.retries: Counter[str] = Counter()  # by error kind
@@ -99,15 +129,27 @@ class Accounting:
     def record_retry(self, kind: str) -> None:
         self.retries[kind] += 1
 
-    def record_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def record_usage(self, model: str, prompt_tokens: int, completion_tokens: int,
+                     cached_tokens: int = 0, *, batch: bool = False) -> None:
+        """One answered call; ``batch``: made through a Batch API (discounted)."""
+        cached = min(max(0, cached_tokens), max(0, prompt_tokens))
         self.prompt_tokens[model] += prompt_tokens
         self.completion_tokens[model] += completion_tokens
+        self.cached_tokens[model] += cached
         self.requests_by_model[model] += 1
         price = self.prices.get(model)
         if price is not None:
-            self.cost_by_model[model] += (
-                prompt_tokens * price.input_per_1m + completion_tokens * price.output_per_1m
-            ) / 1_000_000
+            self.cost_by_model[model] += price.cost(prompt_tokens, completion_tokens, cached,
+                                                    batch=batch)
+
+    def record_stage(self, stage: str, prompt_tokens: int, completion_tokens: int,
+                     cached_tokens: int = 0, requests: int = 1) -> None:
+        """The same tokens counted by pipeline stage (the caller knows the stage)."""
+        counts = self.by_stage[stage]
+        counts["prompt"] += prompt_tokens
+        counts["completion"] += completion_tokens
+        counts["cached"] += min(max(0, cached_tokens), max(0, prompt_tokens))
+        counts["requests"] += requests
 
     def record_call(self, ok: bool, kind: str = "ok", latency_s: float | None = None,
                     ttft_s: float | None = None) -> None:
@@ -124,6 +166,16 @@ class Accounting:
     @property
     def total_tokens(self) -> int:
         return sum(self.prompt_tokens.values()) + sum(self.completion_tokens.values())
+
+    @property
+    def total_cached_tokens(self) -> int:
+        return sum(self.cached_tokens.values())
+
+    @property
+    def cached_share(self) -> float:
+        """Cached prompt tokens / prompt tokens (0 before any call)."""
+        prompt = sum(self.prompt_tokens.values())
+        return self.total_cached_tokens / prompt if prompt else 0.0
 
     @property
     def cost_usd(self) -> float:
@@ -153,11 +205,16 @@ class Accounting:
             "tokens": {
                 "prompt": sum(self.prompt_tokens.values()),
                 "completion": sum(self.completion_tokens.values()),
+                "cached": self.total_cached_tokens,
+                "cached_share": round(self.cached_share, 4),
                 "total": self.total_tokens,
+                "by_stage": {stage: dict(sorted(counts.items()))
+                             for stage, counts in sorted(self.by_stage.items())},
                 "by_model": {
                     m: {
                         "prompt": self.prompt_tokens[m],
                         "completion": self.completion_tokens[m],
+                        "cached": self.cached_tokens[m],
                         "requests": self.requests_by_model[m],
                         "cost_usd": round(self.cost_by_model.get(m, 0.0), 6),
                     }

@@ -2,7 +2,7 @@
 accounting. ``complete`` posts to {base_url}/completions, ``chat`` to
 {base_url}/chat/completions; both can stream (SSE) and then measure time to first token.
 
-Only :mod:`service.llm.errors` classes (and BudgetExceeded) leave this module;
+Only LLMError subclasses (service.errors) and BudgetExceeded leave this module;
 CancelledError propagates untouched.
 """
 
@@ -15,26 +15,31 @@ from collections.abc import Mapping, Sequence
 from operator import attrgetter
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from service.llm import http as lean_http
-from service.llm.accounting import Accounting
-from service.llm.constants import KEEPALIVE_S
-from service.llm.errors import (
+from service.errors import (
     BadResponse,
     ClientRequestError,
+    ClientSetupError,
     ConnectionFailed,
     ContextLengthError,
     DeadlineExceeded,
+    EndpointUnavailable,
     LLMError,
     RateLimitError,
     RequestTimeout,
+    ResponseTooLarge,
     RetriesExhausted,
     ServerError,
     error_kind,
 )
+from service.llm import http as lean_http
+from service.llm.accounting import Accounting
+from service.llm.constants import KEEPALIVE_S
+from service.llm.health import EndpointHealth
 from service.llm.http import HTTPPool
 from service.llm.limiter import Outcome, Permit, RateLimiter
 from service.llm.retry import (
@@ -45,7 +50,6 @@ from service.llm.retry import (
     shrink_max_tokens,
     truncate_message,
 )
-from service.llm.secret import redact
 from service.llm.settings import ClientSettings
 from service.llm.tokens import (
     estimate_chat_tokens,
@@ -54,10 +58,49 @@ from service.llm.tokens import (
     request_weight,
 )
 from service.llm.types import Choice, Result, Usage
+from service.llm.usage import usage_of
+from service.secret import has_credentials, redact, safe_url
 
 Message = Mapping[str, str]
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _by_index = attrgetter("index")
+# Attempts that say nothing about the endpoint being up; a 429 or another 4xx is an answer.
+_ENDPOINT_FAILURES = (ConnectionFailed, RequestTimeout, ServerError, BadResponse)
+
+
+def setup_problem(settings: ClientSettings) -> str | None:
+    """What in our own settings makes every request impossible (None: nothing). Checked
+    once, before anything is sent: such an error is fatal at once, never retried, and
+    never counted as the endpoint's bad response. The key itself is never shown."""
+    shown = safe_url(settings.base_url)
+    try:
+        parts = urlsplit(settings.base_url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError as exc:
+        return f"base_url {shown!r} is not a valid URL ({safe_url(str(exc))})"
+    if not parts.hostname:
+        return f"base_url {shown!r} has no host"
+    if any(c in settings.base_url for c in " \r\n\t\x00"):
+        return f"base_url {shown!r} has whitespace or control characters"
+    key = settings.api_key.reveal() if settings.api_key else ""
+    if key:
+        if has_credentials(settings.base_url):
+            return (f"base_url {shown!r} carries credentials and an api_key is set too: "
+                    "give the credentials one way")
+        if not _header_safe(key):
+            return ("api_key has characters that cannot be sent in an HTTP header "
+                    "(CR, LF, other control characters, or characters outside Latin-1)")
+    if not _header_safe(settings.user_agent):
+        return "user_agent has characters that cannot be sent in an HTTP header"
+    return None
+
+
+def _header_safe(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in value)
 
 
 class LLMClient:
@@ -82,9 +125,14 @@ class LLMClient:
         self._pool_ok = settings.lean_http and lean_http.supports(settings.base_url) and not any(
             "\r" in v or "\n" in v for v in self._headers().values())
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._setup_problem = setup_problem(settings)
+        self._shown_url = safe_url(settings.base_url)  # for messages: never credentials
+        retry = settings.retry
+        self.health = EndpointHealth(retry.give_up_after_s, retry.backoff_base_s,
+                                     retry.backoff_cap_s)
 
     def __repr__(self) -> str:
-        return f"LLMClient(base_url={self.settings.base_url!r}, model={self.settings.model!r})"
+        return f"LLMClient(base_url={self._shown_url!r}, model={self.settings.model!r})"
 
     # ------------------------------------------------------------------ lifecycle
     def _headers(self) -> dict[str, str]:
@@ -104,7 +152,8 @@ class LLMClient:
                 return None
             pool = self._pool = HTTPPool(self.settings.base_url, self._headers(),
                                          limit=self.settings.limiter.max_in_flight,
-                                         keepalive_s=KEEPALIVE_S)
+                                         keepalive_s=KEEPALIVE_S,
+                                         max_body=self.settings.max_response_bytes)
         return pool
 
     def _client_timeout(self, timeout: float) -> aiohttp.ClientTimeout:
@@ -242,9 +291,14 @@ class LLMClient:
     ) -> Result:
         # New calls stop at the budget; calls already past this line finish normally.
         self.accounting.check_budget()
+        if self._setup_problem is not None:
+            self.accounting.record_call(False, ClientSetupError.kind)
+            raise ClientSetupError(self._setup_problem)
         retry = self.settings.retry
         loop = asyncio.get_running_loop()
         deadline = None if retry.deadline_s is None else loop.time() + retry.deadline_s
+        if self.health.streak:
+            await self._pause_while_failing(loop, deadline)
         started = time.perf_counter()
         attempt = 0
         while True:
@@ -269,6 +323,11 @@ class LLMClient:
             except LLMError as exc:
                 kind = error_kind(exc)
                 permit.finish(_outcome(exc))
+                if isinstance(exc, _ENDPOINT_FAILURES):
+                    self.health.record_failure(loop.time())
+                    self._give_up_if_due(loop)
+                else:
+                    self.health.record_answer()
                 if isinstance(exc, RateLimitError):
                     permit.settle(0)  # the server did not admit it
                     self.limiter.on_rate_limited(exc.retry_after)
@@ -294,18 +353,46 @@ class LLMClient:
                 self.accounting.record_retry(kind)
             else:
                 permit.finish("ok")
+                self.health.record_answer()
                 self.accounting.record_call(True, "ok", result.latency_s, result.ttft_s)
                 return result
             finally:
                 permit.release()
             if delay > 0:
+                give_up_in = self.health.give_up_in(loop.time())
+                if give_up_in is not None:  # wake for the give-up moment, not after it
+                    delay = min(delay, max(0.0, give_up_in))
                 await asyncio.sleep(delay)
+
+    async def _pause_while_failing(self, loop: asyncio.AbstractEventLoop,
+                                   deadline: float | None) -> None:
+        """Back off before a new call while the endpoint fails every call: a closed port
+        must not turn the pipeline's retry loop into a spin. The pause is jittered, capped
+        (backoff_cap_s) and cut short at the give-up moment and the call's deadline."""
+        self._give_up_if_due(loop)
+        pause = self.health.pause(self._rng)
+        now = loop.time()
+        give_up_in = self.health.give_up_in(now)
+        if give_up_in is not None:
+            pause = min(pause, max(0.0, give_up_in))
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - now))
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self._give_up_if_due(loop)
+
+    def _give_up_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.health.check(loop.time(), f"at {self._shown_url}")
+        except EndpointUnavailable:
+            self.accounting.record_call(False, EndpointUnavailable.kind)
+            raise
 
     async def _attempt(
         self, path: str, body: dict[str, Any], permit: Permit, timeout: float,
         n_prompts: int, n: int, chat: bool, attempt: int, started: float,
     ) -> Result:
-        url = self.settings.base_url + path
+        url = self._shown_url + path  # for messages only: credentials masked
         t0 = time.perf_counter()
         stream = bool(body.get("stream"))
         pool = None if stream else self._get_pool()
@@ -330,24 +417,31 @@ class LLMClient:
             if pool is None:
                 left = max(0.001, timeout - (time.perf_counter() - t0))
                 session = self._get_session()
-                async with session.post(url, data=orjson.dumps(body),
+                limit = self.settings.max_response_bytes
+                async with session.post(self.settings.base_url + path, data=orjson.dumps(body),
                                         timeout=self._client_timeout(left)) as resp:
                     self.limiter.on_headers(resp.headers)
                     if resp.status != 200:
                         self.accounting.record_attempt(str(resp.status))
-                        raw = await resp.read()
+                        raw = await _read_capped(resp, limit)
                         raise self._status_error(resp.status, raw, resp.headers, url)
                     if stream:
-                        data, ttft = await _read_sse(resp, t0, chat)
+                        data, ttft = await _read_sse(resp, t0, chat, limit)
                     else:
-                        data = orjson.loads(await resp.read())
+                        data = orjson.loads(await _read_capped(resp, limit))
             latency = time.perf_counter() - t0
             result = _parse(data, body, n_prompts, n, chat, latency, ttft, attempt, started)
+        except ResponseTooLarge as exc:  # the aiohttp path's cap
+            self.accounting.record_attempt(ResponseTooLarge.kind)
+            raise ResponseTooLarge(self._clean(f"response from {url}: {exc}")) from None
         except BadResponse as exc:  # from the stream reader or the shape checks
             self.accounting.record_attempt(BadResponse.kind)
             raise BadResponse(self._clean(str(exc))) from None
         except LLMError:
             raise  # status errors: recorded above, messages already cleaned
+        except lean_http.BodyTooLarge as exc:  # the pool's cap (body or inflated size)
+            self.accounting.record_attempt(ResponseTooLarge.kind)
+            raise ResponseTooLarge(self._clean(f"response from {url}: {exc}")) from None
         except TimeoutError:
             self.accounting.record_attempt(RequestTimeout.kind)
             raise RequestTimeout(f"no complete response from {url} within {timeout:.1f}s") from None
@@ -363,12 +457,13 @@ class LLMClient:
             raise BadResponse(self._clean(f"unusable response body from {url}: {type(exc).__name__}: {exc}")) from None
         self.accounting.record_attempt("200")
         usage = result.usage
-        self.accounting.record_usage(result.model, usage.prompt_tokens, usage.completion_tokens)
+        self.accounting.record_usage(result.model, usage.prompt_tokens, usage.completion_tokens,
+                                     usage.cached_tokens)
         permit.settle(usage.prompt_tokens + usage.completion_tokens)
         return result
 
     def _clean(self, text: str) -> str:
-        return truncate_message(redact(text, self.settings.api_key))
+        return truncate_message(safe_url(redact(text, self.settings.api_key)))
 
     def _status_error(
         self, status: int, raw: bytes, headers: Mapping[str, str], url: str
@@ -409,15 +504,42 @@ def _server_message(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-async def _read_sse(resp: aiohttp.ClientResponse, t0: float, chat: bool) -> tuple[dict[str, Any], float | None]:
-    """Fold an SSE stream into one non-streaming-shaped response dict."""
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body (as aiohttp inflates it, in bounded pieces) up to ``limit`` bytes; past it
+    the connection is closed and ResponseTooLarge raised (the lean pool's cap, the same
+    when SELFINSTRUCT_HTTP_CLIENT=aiohttp)."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        resp.close()
+        raise ResponseTooLarge(f"Content-Length {declared} is past the limit of {limit} "
+                               "bytes (max_response_bytes)")
+    buf = bytearray()
+    async for piece in resp.content.iter_chunked(64 * 1024):
+        buf += piece
+        if len(buf) > limit:
+            resp.close()
+            raise ResponseTooLarge(f"response body past the limit of {limit} bytes "
+                                   "(max_response_bytes)")
+    return bytes(buf)
+
+
+async def _read_sse(resp: aiohttp.ClientResponse, t0: float, chat: bool,
+                    limit: int) -> tuple[dict[str, Any], float | None]:
+    """Fold an SSE stream into one non-streaming-shaped response dict; the stream's bytes
+    count against ``limit`` like a body's."""
     texts: dict[int, list[str]] = {}
     finish: dict[int, str | None] = {}
     usage: dict[str, Any] | None = None
     model = ""
     ttft: float | None = None
     done = False
+    seen = 0
     async for raw_line in resp.content:
+        seen += len(raw_line)
+        if seen > limit:
+            resp.close()
+            raise ResponseTooLarge(f"event stream past the limit of {limit} bytes "
+                                   "(max_response_bytes)")
         line = raw_line.strip()
         if not line.startswith(b"data:"):
             continue  # comments, event names, blank separators
@@ -469,11 +591,10 @@ def _parse(
     choices.sort(key=_by_index)
     if {ch.index for ch in choices} != set(range(n_prompts * n)):
         raise BadResponse(f"expected choice indices 0..{n_prompts * n - 1}, got {[ch.index for ch in choices]}")
-    raw_usage = data.get("usage")
-    if isinstance(raw_usage, dict) and "prompt_tokens" in raw_usage:
-        # Negative counts would credit the budget and the limiter: a server cannot do that.
-        usage = Usage(max(0, int(raw_usage.get("prompt_tokens") or 0)),
-                      max(0, int(raw_usage.get("completion_tokens") or 0)))
+    # Negative counts would credit the budget and the limiter: usage_of clamps them.
+    parsed_usage = usage_of(data.get("usage"))
+    if parsed_usage is not None:
+        usage = parsed_usage
     else:  # servers that omit usage: estimate, so budgets and the limiter still see tokens
         prompt_text = body.get("prompt")
         prompts = [prompt_text] if isinstance(prompt_text, str) else list(prompt_text or [])

@@ -18,6 +18,8 @@ DEFAULT_REQUEST_TIMEOUT_S = 120.0  # generous: long instruction lists on slow en
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15.0  # idle pooled connections are closed after this (aiohttp's default)
 DEFAULT_DEADLINE_S = 600.0
+# A run ends (EndpointUnavailable) when every call to an endpoint failed for this long.
+DEFAULT_GIVE_UP_AFTER_S = 300.0
 
 # Limiter
 DEFAULT_MAX_IN_FLIGHT = 256
@@ -54,3 +56,7 @@ LATENCY_EWMA_WEIGHT = 0.05  # weight of each new latency sample in the running m
 # Messages
 MAX_ERROR_MESSAGE_CHARS = 300
 USER_AGENT = "selfinstruct-llm/0.1"
+
+# Responses: the body, and what gzip/deflate inflate it to, are capped (a hostile or broken
+# endpoint could otherwise fill memory); a completion of a few thousand tokens is ~50 KB.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024

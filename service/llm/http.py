@@ -16,14 +16,22 @@ What it does (the subset of aiohttp's client behaviour the LLM client relies on)
   counts against the request's timeout, like aiohttp's total timeout); an idle
   connection is closed after ``keepalive_s`` (aiohttp's 15 s default);
 * the headers aiohttp sends (Host, Content-Type, User-Agent, Authorization, Accept,
-  Accept-Encoding: gzip, deflate, Content-Length); gzip/deflate answers are decoded;
-* responses framed by Content-Length, chunked transfer coding or the end of the
-  connection; 1xx interim responses skipped; ``Connection: close`` / HTTP/1.0 honoured;
+  Accept-Encoding: gzip, deflate, Content-Length); gzip/deflate answers are decoded
+  incrementally, the inflated size capped like the body;
+* responses parsed by llhttp (``httptools``, the parser uvicorn uses) in its strict mode:
+  framed by Content-Length, chunked transfer coding or the end of the connection; 1xx
+  interim responses skipped (at most MAX_INTERIM_RESPONSES); ``Connection: close`` /
+  HTTP/1.0 honoured. Lenient framing is refused (duplicate or conflicting Content-Length,
+  Content-Length with chunked, any Transfer-Encoding but ``chunked``, chunk sizes such as
+  ``0x5``, ``+5``, ``5_5``, non-ASCII digits), as is a head past MAX_HEAD_BYTES however
+  it arrives and a body (or its inflated size) past ``max_body``;
 * one timer a request: the whole exchange (connection, write, answer) must finish
   within ``timeout`` (TimeoutError), connecting within ``connect_timeout``;
 * network and framing failures raise :class:`ConnectionError` subclasses (the client maps
-  them to ConnectionFailed), a timeout raises TimeoutError; a connection that failed,
-  timed out or was cancelled mid-exchange is closed, never reused.
+  them to ConnectionFailed, BodyTooLarge to ResponseTooLarge), a timeout raises
+  TimeoutError. A connection is reused only after a complete, cleanly framed keep-alive
+  response with no byte after it and the request fully written; one that failed, timed
+  out, was cancelled mid-exchange or saw any framing anomaly is closed.
 """
 
 from __future__ import annotations
@@ -39,15 +47,25 @@ from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
-MAX_HEAD_BYTES = 64 * 1024  # status line + headers (aiohttp: 8190 a line, 32 KB of fields)
+import httptools
+
+from service.llm.constants import DEFAULT_MAX_RESPONSE_BYTES
+
+MAX_HEAD_BYTES = 64 * 1024  # status lines + headers (aiohttp: 8190 a line, 32 KB of fields)
+MAX_INTERIM_RESPONSES = 16  # 1xx answers before the real one
 DNS_TTL_S = 300.0  # as aiohttp's ttl_dns_cache used by the client
-_CRLF2 = b"\r\n\r\n"
-_UNTIL_CLOSE = -1
-_CHUNKED = -2
 
 
 class ProtocolError(ConnectionError):
-    """The server's bytes are not a valid HTTP/1.1 response."""
+    """The server's bytes are not a valid HTTP/1.1 response (or break a limit)."""
+
+
+class BodyTooLarge(ProtocolError):
+    """The response body, or what it inflates to, is larger than ``max_body``."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class ServerDisconnected(ConnectionError):
@@ -89,45 +107,61 @@ def supports(url: str) -> bool:
             and not parts.query and not parts.fragment and (port is None or port > 0))
 
 
-def _parse_head(head: bytes) -> tuple[bool, int, Headers]:
-    """Status line and header fields -> (HTTP/1.1?, status, headers)."""
-    lines = head.decode("latin-1").split("\r\n")
-    status_line = lines[0]
-    if not status_line.startswith("HTTP/1."):
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:64]!r}")
-    code = status_line[9:12]
-    if len(status_line) < 12 or status_line[8] != " " or not code.isdigit() \
-            or status_line[12:13] not in ("", " "):
-        raise ProtocolError(f"bad status line: {status_line[:64]!r}")
-    headers = Headers()
-    setitem = dict.__setitem__
-    for line in lines[:0:-1]:  # reversed: a repeated field keeps its first value
-        name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t" or line[0] in " \t":
-            raise ProtocolError(f"bad header line: {line[:64]!r}")
-        setitem(headers, name.lower(), value.strip())
-    return status_line[7] == "1", int(code), headers
+class Inflater:
+    """Incremental gzip/deflate decoding with an output cap: a small body that inflates
+    past ``limit`` fails after at most ``limit`` bytes of work, and each piece is decoded
+    as it arrives (no whole-body pass that would stall the loop)."""
 
+    __slots__ = ("_raw_deflate_tried", "_z", "encoding", "limit", "out")
 
-def _decode(body: bytes, encoding: str) -> bytes:
-    enc = encoding.strip().lower()
-    if enc in ("", "identity"):
-        return body
-    try:
+    def __init__(self, encoding: str, limit: int) -> None:
+        enc = encoding.strip().lower()
         if enc in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if enc == "deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as sent by some
-    except zlib.error as exc:
-        raise ProtocolError(f"cannot decode {enc} body: {exc}") from None
-    raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+            wbits = 16 + zlib.MAX_WBITS
+        elif enc == "deflate":
+            wbits = zlib.MAX_WBITS  # zlib-wrapped; raw deflate (sent by some) tried next
+        else:
+            raise ProtocolError(f"unsupported Content-Encoding {encoding[:64]!r}")
+        self.encoding = enc
+        self.limit = limit
+        self.out = bytearray()
+        self._z = zlib.decompressobj(wbits)
+        self._raw_deflate_tried = enc != "deflate"
+
+    def feed(self, data: bytes) -> None:
+        if self._z.eof:
+            return  # bytes after the end of the stream are ignored (as zlib.decompress)
+        room = self.limit - len(self.out) + 1  # one byte over the limit proves "too large"
+        try:
+            piece = self._z.decompress(data, room)
+        except zlib.error as exc:
+            if not self._raw_deflate_tried and not self.out:
+                self._raw_deflate_tried = True
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                self.feed(data)
+                return
+            raise ProtocolError(f"cannot decode {self.encoding} body: {exc}") from None
+        self._raw_deflate_tried = True
+        self.out += piece
+        if len(self.out) > self.limit or self._z.unconsumed_tail:
+            raise BodyTooLarge(f"response body inflates past the limit of {self.limit} bytes "
+                               "(max_response_bytes)", self.limit)
+
+    def finish(self) -> bytes:
+        if not self._z.eof:  # a truncated stream, which zlib.decompress refuses too
+            raise ProtocolError(f"cannot decode {self.encoding} body: truncated stream")
+        return bytes(self.out)
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop llhttp (extra bytes, a broken limit)."""
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one response at a time."""
+    """One keep-alive connection; llhttp (httptools, strict mode) parses one response at a
+    time. The connection goes back to the pool only after a response that llhttp framed
+    completely, with no byte after it, a keep-alive answer and the request fully written;
+    anything else (an error, extra bytes, a timeout, a cancel) closes it."""
 
     def __init__(self, pool: HTTPPool) -> None:
         self._pool = pool
@@ -135,13 +169,23 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Response] | None = None
-        self._buf: bytes | bytearray = b""
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
         self._status = 0
-        self._headers: Headers | None = None
-        self._keep_alive = True
-        self._length = 0  # body bytes expected, or _UNTIL_CLOSE / _CHUNKED
-        self._body = bytearray()  # chunked: decoded body so far
-        self._pos = 0  # chunked: parse position in _buf
+        self._headers = Headers()
+        self._head_done = False  # of the final (non-1xx) response
+        self._head_bytes = 0  # fed while the final head was not complete
+        self._wire_bytes = 0  # every byte of this exchange
+        self._interim = 0
+        self._keep_alive = False
+        self._until_close = False
+        self._complete = False
+        self._extra = False
+        self._error: ConnectionError | None = None
+        self._body: bytes | bytearray = b""
+        self._inflater: Inflater | None = None
 
     # ------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,16 +197,129 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             self.abort()  # bytes nobody asked for: the connection is out of step
             return
-        if self._buf:
-            if not isinstance(self._buf, bytearray):
-                self._buf = bytearray(self._buf)
-            self._buf += data
-        else:
-            self._buf = data
         try:
-            self._parse()
+            self._feed(data)
         except ConnectionError as exc:
-            self._fail(exc)
+            self.abort(exc)
+            return
+        if self._complete:
+            self._finish()
+
+    def _feed(self, data: bytes) -> None:
+        """Feed llhttp, holding the head to MAX_HEAD_BYTES and the exchange's bytes on
+        the wire to a bound derived from max_body. Raises ProtocolError."""
+        size = len(data)
+        self._wire_bytes += size
+        if self._wire_bytes > self._pool.max_wire_bytes:
+            raise BodyTooLarge(f"response larger than the limit of {self._pool.max_body} "
+                               "bytes (max_response_bytes)", self._pool.max_body)
+        view: bytes | memoryview = data
+        if not self._head_done:
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if size > room:  # feed only what may still be head; the rest once it ends
+                view = memoryview(data)
+                self._parse(view[:room])
+                if not self._head_done:
+                    raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
+                view = view[room:]
+            else:
+                self._parse(view)
+                if not self._head_done:
+                    self._head_bytes += size
+                return
+        self._parse(view)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        if self._complete:
+            self._extra = True  # bytes after a complete response: never reuse
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error = self._error or ProtocolError("unexpected protocol upgrade (101)")
+        except httptools.HttpParserError as exc:
+            if not self._complete or self._error is not None:
+                self._error = self._error or ProtocolError(f"invalid HTTP response: {exc}")
+            self._extra = True  # after a complete response: it stands, the connection not
+        if self._error is not None:
+            raise self._error
+
+    # llhttp callbacks (called from feed_data; an exception stops the parser)
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._extra = True
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a chunked trailer: not part of the headers
+        key = name.decode("latin-1").lower()
+        if key == "transfer-encoding" and key in self._headers:
+            self._fail(ProtocolError("repeated Transfer-Encoding header"))
+        self._headers.setdefault(key, value.decode("latin-1").strip())
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            self._fail(ProtocolError(f"not an HTTP/1.x response: "
+                                     f"HTTP/{parser.get_http_version()[:8]}"))
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail(ProtocolError("unexpected 101 Switching Protocols"))
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self._fail(ProtocolError(f"more than {MAX_INTERIM_RESPONSES} interim "
+                                         "(1xx) responses"))
+            self._headers = Headers()
+            return
+        headers = self._headers
+        self._status = status
+        self._head_done = True
+        self._keep_alive = parser.should_keep_alive()
+        te = dict.get(headers, "transfer-encoding")
+        if te is not None and te.lower() != "chunked":
+            self._fail(ProtocolError(f"unsupported Transfer-Encoding {te[:64]!r}"))
+        cl = dict.get(headers, "content-length")
+        if cl is not None and int(cl) > self._pool.max_body:  # llhttp checked the digits
+            self._fail(BodyTooLarge(f"Content-Length {int(cl)} is past the limit of "
+                                    f"{self._pool.max_body} bytes (max_response_bytes)",
+                                    self._pool.max_body))
+        if te is None and cl is None and status not in (204, 304):
+            self._until_close = True
+            self._keep_alive = False
+        encoding = dict.get(headers, "content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            try:
+                self._inflater = Inflater(encoding, self._pool.max_body)
+            except ProtocolError as exc:
+                self._fail(exc)
+
+    def on_body(self, data: bytes) -> None:
+        body = self._body
+        if len(body) + len(data) > self._pool.max_body:
+            self._fail(BodyTooLarge(f"response body past the limit of {self._pool.max_body} "
+                                    "bytes (max_response_bytes)", self._pool.max_body))
+        if self._inflater is not None:
+            try:
+                self._inflater.feed(data)
+            except ProtocolError as exc:
+                self._fail(exc)
+        if not body:
+            self._body = data
+        else:
+            if not isinstance(body, bytearray):
+                body = self._body = bytearray(body)
+            body += data
+
+    def on_message_complete(self) -> None:
+        if not self._head_done:
+            return  # the end of an interim (1xx) response: the real one follows
+        self._complete = True
+
+    def _fail(self, exc: ConnectionError) -> None:
+        self._error = exc
+        raise _Stop
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost finishes or fails
@@ -173,15 +330,15 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if exc is None and self._headers is not None and self._length == _UNTIL_CLOSE:
-            self._keep_alive = False
-            self._finish(bytes(self._buf))
+        if exc is None and self._head_done and self._until_close and self._error is None:
+            self._complete = True
+            self._finish()
             return
         self.waiter = None
         if exc is not None:
             err: ConnectionError = ServerDisconnected(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        elif self._headers is None:
+        elif not self._head_done:
             err = ServerDisconnected("Server disconnected")
         else:
             err = ServerDisconnected("Response payload is not completed")
@@ -192,8 +349,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             raise ServerDisconnected("Server disconnected")
         self.waiter = waiter
-        self._buf = b""
-        self._headers = None
+        self._reset()
         self.transport.write(data)
 
     def abort(self, exc: ConnectionError | None = None) -> None:
@@ -207,114 +363,26 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc or ServerDisconnected("Connection closed"))
 
-    def _fail(self, exc: ConnectionError) -> None:
-        self.abort(exc)
-
-    def _parse(self) -> None:
-        buf = self._buf
-        while self._headers is None:
-            end = buf.find(_CRLF2)
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
-                return
-            http11, status, headers = _parse_head(bytes(buf[:end]))
-            buf = self._buf = buf[end + 4:]
-            if 100 <= status < 200:
-                if status == 101:
-                    raise ProtocolError("unexpected 101 Switching Protocols")
-                continue  # interim response: the real one follows
-            self._start(http11, status, headers)
-        length = self._length
-        if length >= 0:
-            if len(buf) < length:
-                return
-            if len(buf) > length:
-                self._keep_alive = False  # bytes past the response: do not reuse
-                buf = buf[:length]
-            self._finish(bytes(buf))  # no copy when buf is already exactly the body
-        elif length == _CHUNKED:
-            self._parse_chunks()
-
-    def _start(self, http11: bool, status: int, headers: Headers) -> None:
-        self._status = status
-        self._headers = headers
-        get = dict.get  # (Headers.get lower-cases; these names already are)
-        connection = get(headers, "connection", "").lower()
-        self._keep_alive = ("close" not in connection) if http11 else ("keep-alive" in connection)
-        te = get(headers, "transfer-encoding")
-        cl = get(headers, "content-length")
-        if te is not None:
-            if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                raise ProtocolError(f"unsupported Transfer-Encoding {te!r}")
-            self._length = _CHUNKED
-            self._body = bytearray()
-            self._pos = 0
-        elif cl is not None:
-            if not cl.isdigit():
-                raise ProtocolError(f"bad Content-Length {cl!r}")
-            self._length = int(cl)
-        elif status in (204, 304):
-            self._length = 0
-        else:
-            self._length = _UNTIL_CLOSE
-            self._keep_alive = False
-
-    def _parse_chunks(self) -> None:
-        buf, pos = self._buf, self._pos
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                if len(buf) - pos > 4096:
-                    raise ProtocolError("chunk size line too long")
-                break
-            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+    def _finish(self) -> None:
+        waiter = self.waiter
+        assert waiter is not None
+        body: bytes | bytearray = self._body
+        if self._inflater is not None:
             try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:32]!r}") from None
-            if size < 0:
-                raise ProtocolError("negative chunk size")
-            if size == 0:
-                # trailer fields until an empty line
-                end = buf.find(b"\r\n", eol + 2)
-                while end >= 0 and end != eol + 2:
-                    eol, end = end, buf.find(b"\r\n", end + 2)
-                if end < 0:
-                    break
-                if len(buf) > end + 2:
-                    self._keep_alive = False
-                self._finish(bytes(self._body))
-                return
-            start, stop = eol + 2, eol + 2 + size
-            if len(buf) < stop + 2:
-                break
-            if buf[stop:stop + 2] != b"\r\n":
-                raise ProtocolError("chunk not followed by CRLF")
-            self._body += buf[start:stop]
-            pos = stop + 2
-        # keep only what is not parsed yet
-        self._buf = bytearray(buf[pos:])
-        self._pos = 0
-
-    def _finish(self, body: bytes) -> None:
-        waiter, headers = self.waiter, self._headers
-        assert waiter is not None and headers is not None
-        self.waiter = None
-        self._buf = b""
-        self._headers = None
-        encoding = dict.get(headers, "content-encoding")
-        if encoding is not None:
-            try:
-                body = _decode(body, encoding)
+                body = self._inflater.finish()
             except ProtocolError as exc:
-                self.abort()
-                if not waiter.done():
-                    waiter.set_exception(exc)
+                self.abort(exc)
                 return
+        self.waiter = None
+        transport = self.transport
+        # Reuse only a clean exchange: keep-alive, nothing after the response, and the
+        # request fully written (a server that answered early may not have read it all).
+        reusable = (self._keep_alive and not self._extra and not self._until_close
+                    and transport is not None and transport.get_write_buffer_size() == 0)
         if not waiter.done():
-            waiter.set_result((self._status, headers, body))
-        self._pool._release(self, self._keep_alive and not self.closed)
+            waiter.set_result((self._status, self._headers,
+                               body if isinstance(body, bytes) else bytes(body)))
+        self._pool._release(self, reusable and not self.closed)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -326,7 +394,8 @@ class HTTPPool:
     """Keep-alive connections to one origin; :meth:`post` sends one request."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str], *, limit: int,
-                 keepalive_s: float = 15.0) -> None:
+                 keepalive_s: float = 15.0,
+                 max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         if not supports(base_url):
             raise ValueError(f"HTTPPool does not serve {base_url!r}")
         parts = urlsplit(base_url)
@@ -343,6 +412,9 @@ class HTTPPool:
         self._fields = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
         self._prefixes: dict[str, bytes] = {}
         self.limit = max(1, limit)
+        self.max_body = max_body  # body bytes, and what gzip/deflate inflate to
+        # every byte of one exchange on the wire (head, chunk framing, body, trailers)
+        self.max_wire_bytes = 2 * max_body + 2 * MAX_HEAD_BYTES
         self.keepalive_s = keepalive_s
         self._idle: dict[_Connection, None] = {}  # insertion order: LIFO reuse via popitem
         self._connecting = 0

@@ -115,9 +115,6 @@ class _Bucket:
         self.capacity = max(floor, self.rate * burst_seconds)
         self.level = self.capacity if initial is None else min(self.capacity, initial)
 
-    def refill(self, dt: float, factor: float) -> None:
-        self.level = min(self.capacity, self.level + self.rate * factor * dt)
-
     def need(self, amount: float) -> float:
         # an amount above capacity is granted from a full bucket (then runs into debt)
         return min(amount, self.capacity)

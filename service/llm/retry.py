@@ -105,10 +105,6 @@ def retry_delay(
     return jittered if retry_after is None else retry_after + jittered * 0.1
 
 
-def is_retryable_status(status: int) -> bool:
-    return status == 429 or status == 408 or 500 <= status <= 599
-
-
 def is_context_length_error(status: int, message: str) -> bool:
     low = message.lower()
     return status == 400 and any(marker in low for marker in _CONTEXT_MARKERS)

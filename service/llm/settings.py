@@ -11,12 +11,14 @@ from service.llm.constants import (
     DEFAULT_BACKOFF_CAP_S,
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_DEADLINE_S,
+    DEFAULT_GIVE_UP_AFTER_S,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT_S,
     USER_AGENT,
 )
 from service.llm.limiter import LimiterSettings
-from service.llm.secret import Secret
+from service.secret import Secret, safe_url
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,16 @@ class RetrySettings:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     deadline_s: float | None = DEFAULT_DEADLINE_S  # whole call, retries and waits included
     shrink_on_context_length: bool = True
+    # every call to the endpoint failed this long: EndpointUnavailable ends the run
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1 (got {self.max_attempts!r})")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0 (got {self.request_timeout_s!r})")
+        if self.give_up_after_s is not None and not self.give_up_after_s > 0:
+            raise ValueError(f"give_up_after_s must be > 0 (got {self.give_up_after_s!r})")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class ClientSettings:
     # Non-streaming calls through the lean keep-alive pool (service.llm.http) when the URL
     # allows; False sends everything through aiohttp (the escape hatch).
     lean_http: bool = True
+    # a response body, and what gzip/deflate inflate it to, past this fails the attempt
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):
@@ -61,4 +69,7 @@ class ClientSettings:
             object.__setattr__(self, "api_key", None)
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+            raise ValueError("base_url must start with http:// or https:// "
+                             f"(got {safe_url(self.base_url)!r})")
+        if self.max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1 (got {self.max_response_bytes!r})")

@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of one call. ``cached_tokens`` is the part of ``prompt_tokens`` the
+    server served from its prompt cache (billed at the cached-input price)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -57,7 +61,3 @@ class Result:
 
     def by_prompt(self) -> list[list[Choice]]:
         return [self.for_prompt(i) for i in range(self.n_prompts)]
-
-
-CompletionResult = Result
-ChatResult = Result

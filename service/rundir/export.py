@@ -38,12 +38,20 @@ Formats (``input`` is the instance input, possibly empty):
     in your loader) and the reference's 50% input rewriting is not applied.
 
 where ``U`` = instruction + "\\n\\n" + input when input is non-empty, else the instruction.
+
+``compat="reference"`` (``export --compat reference``) writes the prompt-completion file as
+the reference's ``prepare_for_finetuning.py`` does, every step included: seed tasks (with
+``include_seeds``) after the generated ones; half of the inputs rewritten (a single
+``field:`` name removed, blank lines collapsed); one random template each; duplicate
+prompt/completion pairs dropped; the whole file shuffled. One generator seeded with
+``seed`` drives every random choice, so the same seed gives the same file. The shuffle
+holds the records in memory (a few hundred bytes each).
 """
 
 from __future__ import annotations
 
-import os
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +60,7 @@ from typing import Any
 import orjson
 
 from service.errors import RunDirError
-from service.rundir.store import SEEDS, TASKS, open_file
+from service.rundir.store import SEEDS, TASKS, atomic_file, read_jsonl
 
 EXPORT_DIR = "export"
 END_OF_TEXT = "<|endoftext|>"
@@ -116,8 +124,10 @@ PROMPT_COMPLETION_WITHOUT_INPUT = (
 
 def prompt_completion_formatter(seed: int = 0) -> Formatter:
     """The reference's randomly templated prompt/completion pairs, repeatably."""
-    rng = random.Random(seed)
+    return _seeded_encoder(random.Random(seed))
 
+
+def _seeded_encoder(rng: random.Random) -> Formatter:
     def encode(instruction: str, input_text: str, output: str) -> dict[str, Any]:
         templates = PROMPT_COMPLETION_WITH_INPUT if input_text.strip() else (
             PROMPT_COMPLETION_WITHOUT_INPUT)
@@ -140,6 +150,38 @@ FORMATS: dict[str, Formatter] = {
     "prompt-completion": prompt_completion_formatter(),  # export_run makes a seeded one
 }
 DEFAULT_FORMAT = "alpaca"
+
+
+_FIELD_NAME = re.compile(r"(\w+):")
+
+
+def reference_input_rewrite(input_text: str, rng: random.Random) -> str:
+    """Half of the time: drop the field name of an input with exactly one ``name:``
+    ("Sentence: I loved it." -> "I loved it.") and collapse blank lines, so a model
+    fine-tuned on the file also sees inputs without their field names."""
+    if rng.random() >= 0.5:
+        return input_text
+    names = set(_FIELD_NAME.findall(input_text))
+    text = input_text.split(":", 1)[1].strip() if len(names) == 1 else input_text.strip()
+    return text.replace("\n\n", "\n")
+
+
+def _reference_records(
+    instances: Iterator[tuple[str, str, str]], rng: random.Random
+) -> list[dict[str, Any]]:
+    """prepare_for_finetuning's steps after loading: rewrite, encode, dedup, shuffle."""
+    encode = _seeded_encoder(rng)
+    seen: set[tuple[str, str]] = set()
+    records: list[dict[str, Any]] = []
+    for instruction, input_text, output in instances:
+        record = encode(instruction, reference_input_rewrite(input_text, rng), output)
+        pair = (record["prompt"], record["completion"])
+        if pair in seen:
+            continue
+        seen.add(pair)
+        records.append(record)
+    rng.shuffle(records)
+    return records
 
 
 @dataclass(frozen=True)
@@ -179,24 +221,14 @@ class _TornTail:
 
 def _iter_tasks(path: Path, torn: _TornTail) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, object); a bad complete line is an error, a torn last line is skipped."""
-    if not path.exists() and not path.is_symlink():
-        return
-    with open_file(path) as fh:  # a link is refused, never followed
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                torn.seen = True
-                return
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RunDirError(
-                    f"{path}:{lineno}: not valid JSON ({exc}); run `selfinstruct verify`"
-                ) from None
-            if not isinstance(obj, dict):
-                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+
+    def seen(_line: int) -> None:
+        torn.seen = True
+
+    try:
+        yield from read_jsonl(path, torn="skip", on_torn=seen)
+    except RunDirError as exc:
+        raise RunDirError(f"{exc}; run `selfinstruct verify`") from None
 
 
 def _instances(path: Path, lineno: int, task: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -224,6 +256,7 @@ def export_run(
     *,
     include_seeds: bool = False,
     seed: int = 0,
+    compat: str = "default",
 ) -> ExportResult:
     """Export ``run_dir``'s tasks in format ``fmt`` to ``out`` (default ``run_dir/export/<fmt>.jsonl``).
 
@@ -233,6 +266,9 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if compat == "reference" and fmt != "prompt-completion":
+        raise ValueError("compat 'reference' writes the reference's prompt-completion file; "
+                         f"format {fmt!r} has no reference form")
     formatter = prompt_completion_formatter(seed) if fmt == "prompt-completion" else FORMATS[fmt]
     root = Path(run_dir)
     if not root.is_dir():
@@ -242,32 +278,36 @@ def export_run(
         raise RunDirError(f"{root}: no {TASKS} (not a run directory, or no task finished yet)")
     dest = Path(out) if out is not None else default_export_path(root, fmt)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     counts = {"tasks": 0, "seeds": 0, "records": 0, "skipped": 0}
     torn = _TornTail()
     seed_torn = _TornTail()
-    try:
-        with tmp.open("wb") as fh:
-            sources: list[tuple[str, Path, _TornTail]] = []
-            if include_seeds:
-                sources.append(("seeds", root / SEEDS, seed_torn))
-            sources.append(("tasks", tasks_path, torn))
+    with atomic_file(dest) as fh:
+        sources: list[tuple[str, Path, _TornTail]] = []
+        if include_seeds:
+            sources.append(("seeds", root / SEEDS, seed_torn))
+        sources.append(("tasks", tasks_path, torn))
+        if compat == "reference":
+            sources.reverse()  # the reference appends the seed tasks after its own
+
+        def instances() -> Iterator[tuple[str, str, str]]:
             for kind, path, tail in sources:
                 for lineno, task in _iter_tasks(path, tail):
                     counts[kind] += 1
                     wrote = 0
-                    for instruction, input_text, output in _instances(path, lineno, task):
-                        fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                    for triple in _instances(path, lineno, task):
+                        yield triple
                         wrote += 1
-                    counts["records"] += wrote
                     if wrote == 0:
                         counts["skipped"] += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+        if compat == "reference":
+            for record in _reference_records(instances(), random.Random(seed)):
+                fh.write(orjson.dumps(record) + b"\n")
+                counts["records"] += 1
+        else:
+            for instruction, input_text, output in instances():
+                fh.write(orjson.dumps(formatter(instruction, input_text, output)) + b"\n")
+                counts["records"] += 1
     return ExportResult(
         path=dest,
         format=fmt,

@@ -6,7 +6,7 @@ files are never rewritten whole, and a restart reads them back to resume. A cras
 only tear the *last* line of a file; that torn tail is detected on open, cut off and
 reported, and never parsed as data.
 
-Layout (see contract.md):
+Layout (README, "The run directory"):
 
     tasks.jsonl          finished tasks
     instructions.jsonl   every admitted instruction, in admission order
@@ -23,11 +23,12 @@ never followed, so a ``.lock`` link cannot make the lock truncate another file a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -43,6 +44,8 @@ SEEDS = "seeds.jsonl"
 RUN_JSON = "run.json"
 LOCK = ".lock"
 JSONL_FILES = (TASKS, INSTRUCTIONS, REJECTED, SEEDS)
+# --keep-raw: each call's raw completion (re-parse with `selfinstruct parse`)
+RAW_FILES = {stage: f"raw_{stage}.jsonl" for stage in ("instructions", "classify", "instances", "alpaca")}
 
 
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -121,11 +124,23 @@ def repair_torn_tail(path: Path) -> Repair | None:
     return Repair(file=path.name, bytes_removed=size - keep, line=line)
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each line; a bad line raises RunDirError.
+TornTail = Literal["error", "skip"]
+ProblemFn = Callable[[int, str], None]  # (line number, what is wrong with the line)
+INCOMPLETE = "incomplete last line (torn write)"
 
-    Call :func:`repair_torn_tail` first (RunDir.open does) so a crash's torn tail is
-    never mistaken for corruption.
+
+def read_jsonl(
+    path: Path, *, torn: TornTail = "error", on_torn: Callable[[int], None] | None = None,
+    on_problem: ProblemFn | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each JSON-object line of ``path`` (none if it is
+    missing). The one reader of run-directory JSONL files; callers choose the policy:
+
+    * ``torn``: a last line without its newline (a crash mid-write) raises RunDirError
+      (``"error"``; RunDir.open cuts such a tail first, so it is never mistaken for
+      corruption) or is left out (``"skip"``; its line number goes to ``on_torn``);
+    * ``on_problem``: without it a bad complete line raises RunDirError naming file and
+      line; with it, each bad line is reported and reading goes on (verify).
     """
     try:
         fh = open_file(path)
@@ -136,14 +151,23 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not raw.strip():
                 continue
             if not raw.endswith(b"\n"):
-                raise RunDirError(f"{path}:{lineno}: incomplete last line (torn write)")
+                if torn == "error":
+                    raise RunDirError(f"{path}:{lineno}: {INCOMPLETE}")
+                if on_torn is not None:
+                    on_torn(lineno)
+                return
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise RunDirError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise RunDirError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+                problem = f"not valid JSON ({exc})"
+            else:
+                if isinstance(obj, dict):
+                    yield lineno, obj
+                    continue
+                problem = f"expected a JSON object, got {type(obj).__name__}"
+            if on_problem is None:
+                raise RunDirError(f"{path}:{lineno}: {problem}")
+            on_problem(lineno, problem)
 
 
 class JsonlWriter:
@@ -176,26 +200,54 @@ class JsonlWriter:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write then rename: readers see the old file or the new one, never half of one."""
-    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    _replace_atomically(path, payload)
+    with atomic_file(path) as fh:
+        fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Write a whole JSONL file at once (temporary file, fsync, rename): a crash leaves no
     file or the complete one, never a part of it (for files written once, like seeds)."""
-    _replace_atomically(path, b"".join(orjson.dumps(record) + b"\n" for record in records))
+    with atomic_file(path) as fh:
+        fh.write(b"".join(orjson.dumps(record) + b"\n" for record in records))
 
 
-def _replace_atomically(path: Path, payload: bytes) -> None:
-    # A fresh temporary file (O_EXCL: whatever had its name, a link included, is gone
-    # first); the rename replaces ``path`` itself, never a link's target.
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """The one atomic writer: write into the yielded file; on success it is fsynced and
+    renamed over ``path``, on any error removed (``path`` is then untouched).
+
+    A fresh temporary file (O_EXCL: whatever had its name, a link included, is gone
+    first); the rename replaces ``path`` itself, never a link's target.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def lock_exclusive(path: Path, mode: int = 0o644) -> int | None:
+    """The one lock helper: ``flock(LOCK_EX | LOCK_NB)`` on ``path`` (created if
+    missing, never through a link); the held descriptor, or None when another process
+    holds the lock. Release with :func:`unlock`."""
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def read_run_json(path: Path) -> dict[str, Any]:
@@ -236,7 +288,7 @@ class RunDir:
         run = cls(path=root, fsync=fsync)
         run._lock()
         try:
-            for name in JSONL_FILES:
+            for name in (*JSONL_FILES, *RAW_FILES.values()):
                 repair = repair_torn_tail(root / name)
                 if repair is not None:
                     run.repairs.append(repair)
@@ -251,19 +303,23 @@ class RunDir:
         return run
 
     def _lock(self) -> None:
-        fd = open_fd(self.path / LOCK, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
+        fd = lock_exclusive(self.path / LOCK)
+        if fd is None:
+            holder = self._lock_holder()
             raise RunDirError(
                 f"{self.path} is in use by another selfinstruct process (pid {holder}); "
                 "wait for it to finish or stop it first"
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+
+    def _lock_holder(self) -> str:
+        try:
+            with open_file(self.path / LOCK) as fh:
+                return fh.read(64).decode("ascii", "replace").strip() or "unknown"
+        except (OSError, RunDirError):
+            return "unknown"
 
     def writer(self, name: str) -> JsonlWriter:
         if self._lock_fd is None:
@@ -300,8 +356,7 @@ class RunDir:
             w.close()
         self._writers.clear()
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> RunDir:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import os
 import re
 import secrets
@@ -47,7 +46,7 @@ from service.generate.backend import Backend
 from service.generate.orchestrator import run_generate
 from service.generate.pipeline import Pipeline
 from service.progress import Progress
-from service.rundir.store import open_fd, open_file, write_json_atomic
+from service.rundir.store import lock_exclusive, open_file, unlock, write_json_atomic
 from service.secret import has_credentials, safe_url
 from service.serve.limits import (
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -79,10 +78,14 @@ _SERVER_OWNED = {
     "out": "the server chooses each job's run directory",
     "seed_tasks": "a path on the server's disk; the project's seed tasks are used",
     "local_model": "a path on the server's disk",
+    "templates": "a path on the server's disk; the project's prompt templates are used",
     "quiet": "jobs never draw progress",
     "redis": "the worker's operator chooses Redis (serve --redis)",
     "filters": "nested tables are not accepted over HTTP",
     "stages": "nested tables are not accepted over HTTP",
+    "mode": "batch mode runs from the command line (generate --mode batch)",
+    "batch_backend": "batch mode runs from the command line (generate --mode batch)",
+    "batch_dir": "a path on the server's disk",
 }
 ALLOWED_KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - set(_SERVER_OWNED)
 
@@ -287,20 +290,14 @@ class JobService:
             self._start_task(job)
 
     def _lock(self) -> None:
-        fd = open_fd(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateDirLocked(
-                f"state directory {self.state_dir} is in use by another worker"
-            ) from None
+        fd = lock_exclusive(self.state_dir / ".lock", 0o600)
+        if fd is None:
+            raise StateDirLocked(f"state directory {self.state_dir} is in use by another worker")
         self._lock_fd = fd
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
 
     def _load(self, job_dir: Path) -> Job | None:

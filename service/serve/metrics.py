@@ -43,6 +43,7 @@ class Totals:
     attempts_by_outcome: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     cost_usd: float = 0.0
     retries: int = 0
     calls_ok: int = 0
@@ -63,7 +64,7 @@ class Totals:
     def add(self, other: Totals) -> None:
         self.attempts_by_outcome.update(other.attempts_by_outcome)
         self.rejections_by_reason.update(other.rejections_by_reason)
-        for name in ("prompt_tokens", "completion_tokens", "cost_usd", "retries", "calls_ok",
+        for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "retries", "calls_ok",
                      "calls_failed", "instructions_admitted", "tasks_written",
                      "candidates_seen", "in_flight", "limiter_queued", "candidates_queued",
                      "tasks_queued"):
@@ -150,6 +151,7 @@ def pipeline_totals(pipeline: Pipeline, baseline: Baseline) -> Totals:
         attempts_by_outcome=Counter({str(k): _int(v) for k, v in outcomes.items()}),
         prompt_tokens=_int(tokens.get("prompt")),
         completion_tokens=_int(tokens.get("completion")),
+        cached_tokens=_int(tokens.get("cached")),
         cost_usd=float(usage.get("cost_usd") or 0.0),
         retries=_int(usage.get("retries_total")),
         calls_ok=_int(calls.get("ok")),
@@ -215,6 +217,7 @@ class JobCollector(Collector):
         tokens = CounterMetricFamily("selfinstruct_tokens", "LLM tokens used", labels=["kind"])
         tokens.add_metric(["prompt"], t.prompt_tokens)
         tokens.add_metric(["completion"], t.completion_tokens)
+        tokens.add_metric(["cached"], t.cached_tokens)  # a part of "prompt"
         yield tokens
 
         yield CounterMetricFamily("selfinstruct_cost_usd", "LLM cost in USD (known prices)",

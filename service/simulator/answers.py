@@ -17,7 +17,9 @@ the user's message last) — :func:`detect` is the single place they live:
    ``"output_first"``: 2-3 ``Class label: ...\\nInput: ...`` examples.
 4. last non-blank line starts with ``Task:``         -> ``"input_first"``: ``Example k`` /
    ``Input:`` / ``Output:`` blocks, or ``Output: ...`` for tasks that need no input.
-5. anything else                                     -> ``"generic"``: a plain paragraph.
+5. last non-blank line is ``<N>. Instruction:``     -> ``"alpaca"``: continue an Alpaca
+   list: whole tasks as ``N. Instruction: / N. Input: / N. Output:`` separated by ``###``.
+6. anything else                                     -> ``"generic"``: a plain paragraph.
 
 List items: a grammar of verbs x objects x qualifiers, most with the asker's context
 before and some with a constraint after (8-45 words; over half of them still pass the
@@ -42,6 +44,8 @@ import re
 from dataclasses import dataclass
 
 LIST_LAST_LINE = re.compile(r"^\s*(\d{1,9})\.\s*$")  # bounded: int() of a huge number fails
+ALPACA_LAST_LINE = re.compile(r"^\s*(\d{1,9})\.\s*Instruction:\s*$")
+ALPACA_LIST_END = 19
 CLASSIFY_QUESTION = "Is it classification?"
 TASK_PREFIX = "Task:"
 CLASS_LABEL = "Class label:"
@@ -72,6 +76,8 @@ def detect(prompt_text: str) -> str:
         return "classify"
     if last.startswith(TASK_PREFIX):
         return "output_first" if CLASS_LABEL in prompt_text else "input_first"
+    if ALPACA_LAST_LINE.match(last):
+        return "alpaca"
     return "generic"
 
 
@@ -84,6 +90,10 @@ def answer(prompt_text: str, rng: random.Random, settings: AnswerSettings) -> st
         return _continue_list(int(match.group(1)), _wants_classification(lines), rng, settings)
     if kind == "classify":
         return " Yes" if looks_like_classification(_task_line(lines[:-1])) else " No"
+    if kind == "alpaca":
+        match = ALPACA_LAST_LINE.match(lines[-1])
+        assert match is not None
+        return _continue_alpaca(int(match.group(1)), rng, settings)
     if kind in ("output_first", "input_first"):
         task = lines[-1][len(TASK_PREFIX):].strip()
         classification = kind == "output_first"
@@ -395,6 +405,20 @@ def _continue_list(next_number: int, classification: bool, rng: random.Random,
     return "\n".join(parts)
 
 
+def _continue_alpaca(next_number: int, rng: random.Random, settings: AnswerSettings) -> str:
+    """Whole tasks after the prompt's ``N. Instruction:``, up to item 19."""
+    parts = []
+    last = max(next_number, ALPACA_LIST_END - rng.randrange(0, 3))
+    for number in range(next_number, last + 1):
+        instruction = _list_item(rng, False, settings)
+        needs_input = bool(_NEEDS_INPUT.search(instruction))
+        given = input_text(rng) if needs_input else "<noinput>"
+        output = generic_paragraph(rng, sentences=1 + rng.randrange(3)).strip()
+        head = " " if number == next_number else f"{number}. Instruction: "
+        parts.append(f"{head}{instruction}\n{number}. Input:\n{given}\n{number}. Output:\n{output}\n")
+    return "###\n".join(parts)
+
+
 # --------------------------------------------------------------------------- instances
 _ADJ = ["wonderful", "disappointing", "surprisingly good", "terrible", "pleasant", "slow",
         "excellent", "confusing", "friendly", "overpriced", "helpful", "noisy"]
@@ -512,7 +536,11 @@ def bad_instances(task: str, rng: random.Random, classification: bool = False) -
         return _format_instances([(input_text(rng), " ".join(parts))], classification)
     if kind == "too_many":
         inputs = _distinct_inputs(rng, 6)
-        return _format_instances([(inp, output(k)) for k, inp in enumerate(inputs)], classification)
+        pairs = [(inp, output(k)) for k, inp in enumerate(inputs)]
+        if classification:
+            return _format_instances(pairs, classification)
+        # without "Example N" headers: the "Example 6" stop sequence cannot cut it short
+        return "\n\n".join(f"Input: {inp}\nOutput: {out}" for inp, out in pairs)
     first, second = _distinct_inputs(rng, 2)
     good = [(first, output(0)), (second, output(1))]
     if kind == "same_as_input":

@@ -29,11 +29,10 @@ import contextlib
 import dataclasses
 import math
 import random
-import resource
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,9 +42,12 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from service.llm.loop import raise_fd_limit
 from service.llm.tokens import estimate_chat_tokens, estimate_text_tokens
 from service.simulator.answers import AnswerSettings, answer, rng_for
+from service.simulator.batch import BatchService, BatchSimSettings
 from service.simulator.capacity import BatchCapacity, QueueFull
+from service.simulator.prompt_cache import PromptCache, PromptCacheSettings
 from service.simulator.ratelimit import ServerLimiter
 from service.simulator.settings import SimSettings
 
@@ -82,18 +84,14 @@ class _Parsed:
     answer_seed: str
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one (thousands of connections need it);
-    returns the soft limit now in force. Best effort."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return int(target)
-        return int(soft)
-    except (ValueError, OSError):
-        return -1
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """What one request asked for, as the server parsed it (settings.record_requests)."""
+
+    chat: bool
+    prompts: tuple[str, ...]
+    max_tokens: int
+    stop: tuple[str, ...]
 
 
 @lru_cache(maxsize=2048)  # a few kB a prompt: ~15 MB at most
@@ -126,8 +124,12 @@ def _error_body(message: str, type_: str, param: str | None = None,
 class SimulatedServer:
     """The simulated endpoint; an async context manager (start on enter, stop on exit)."""
 
-    def __init__(self, settings: SimSettings | None = None) -> None:
+    def __init__(self, settings: SimSettings | None = None, *,
+                 prompt_cache: PromptCacheSettings | None = None,
+                 batch: BatchSimSettings | None = None) -> None:
         self.settings = settings or SimSettings()
+        self.prompt_cache = PromptCache(prompt_cache)
+        self.batch = BatchService(self, batch)
         self._limiter = self._make_limiter(self.settings)
         self._capacity = self._make_capacity(self.settings)
         self._fault_rng = random.Random(f"faults:{self.settings.seed}")
@@ -157,6 +159,7 @@ class SimulatedServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/stats", self._stats)
+        self.batch.register(app)  # the Batch API: /v1/files, /v1/batches
         return app
 
     async def start(self) -> None:
@@ -246,6 +249,9 @@ class SimulatedServer:
         self.choices = 0
         self.streams = 0
         self.context_length_errors = 0
+        self.received: deque[ReceivedRequest] = deque(
+            maxlen=max(1, self.settings.record_requests)
+        )
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -263,6 +269,8 @@ class SimulatedServer:
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
                        "total": self.prompt_tokens + self.completion_tokens},
             "choices": self.choices,
+            "cached_tokens": self.prompt_cache.cached_tokens,
+            "batch": self.batch.stats(),
             "streams": self.streams,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
@@ -288,6 +296,10 @@ class SimulatedServer:
         body = {"object": "list", "data": [{"id": self.settings.model, "object": "model",
                                             "created": 0, "owned_by": "simulator"}]}
         return web.Response(body=orjson.dumps(body), content_type=_JSON)
+
+    def check_auth(self, request: web.Request) -> web.Response | None:
+        """The API-key check, for routes other modules register (the Batch API)."""
+        return self._check_auth(request)
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
         key = self.settings.api_key
@@ -336,6 +348,8 @@ class SimulatedServer:
         try:
             raw = await request.read()
             parsed = self._parse(raw, chat)
+            if self.settings.record_requests:
+                self.received.append(ReceivedRequest(chat, parsed.prompts, parsed.max_tokens, parsed.stop))
         except _BadRequest as exc:
             return self._respond(400, _error_body(exc.message, "invalid_request_error",
                                                   exc.param, exc.code), limiter.headers())
@@ -399,13 +413,44 @@ class SimulatedServer:
         self.prompt_tokens += prompt_total
         self.completion_tokens += completion
         self.choices += len(choices)
-        usage = {"prompt_tokens": prompt_total, "completion_tokens": completion,
-                 "total_tokens": prompt_total + completion}
+        usage = self.usage_of(parsed, prompt_total, completion)
         if parsed.stream:
             return await self._stream(request, parsed, choices, usage, latency, limiter)
         await self._sleep(latency)
         return self._respond(200, orjson.dumps(self._body(parsed, choices, usage)),
                              limiter.headers())
+
+    def answer_request(self, raw: bytes, *, chat: bool) -> tuple[int, dict[str, Any]]:
+        """Answer one request body at once, as a Batch API worker does: no rate limit, no
+        latency, no transport fault (the batch layer draws its own per-line failures).
+        Returns the HTTP status and the response body."""
+        try:
+            parsed = self._parse(raw, chat)
+        except _BadRequest as exc:
+            return 400, orjson.loads(_error_body(exc.message, "invalid_request_error",
+                                                 exc.param, exc.code))
+        longest = max(parsed.prompt_tokens)
+        if longest + parsed.max_tokens > self.settings.context_tokens:
+            self.context_length_errors += 1
+            msg = (f"This model's maximum context length is {self.settings.context_tokens} "
+                   f"tokens; you requested {longest + parsed.max_tokens}.")
+            return 400, orjson.loads(_error_body(msg, "invalid_request_error", None,
+                                                 "context_length_exceeded"))
+        choices = self._generate(parsed, truncate=False)
+        prompt_total = sum(parsed.prompt_tokens)
+        completion = sum(estimate_text_tokens(text) for text, _ in choices)
+        self.prompt_tokens += prompt_total
+        self.completion_tokens += completion
+        self.choices += len(choices)
+        return 200, self._body(parsed, choices, self.usage_of(parsed, prompt_total, completion))
+
+    def usage_of(self, parsed: _Parsed, prompt_total: int, completion: int) -> dict[str, Any]:
+        """The usage object of an answered request, with the prompt-cache hits of its
+        prompts as ``prompt_tokens_details.cached_tokens`` (OpenAI's field)."""
+        cached = sum(self.prompt_cache.lookup(p) for p in parsed.prompts)
+        return {"prompt_tokens": prompt_total, "completion_tokens": completion,
+                "total_tokens": prompt_total + completion,
+                "prompt_tokens_details": {"cached_tokens": min(cached, prompt_total)}}
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, raw: bytes, chat: bool) -> _Parsed:

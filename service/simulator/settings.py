@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_RECORDED = 100_000  # requests a recording simulator keeps (bounded memory)
 MAX_HANG_S = 30.0  # a hang outlasts any sane client timeout but never holds a handler forever
 MAX_CAPACITY = 100_000
 MAX_BATCH_SLOWDOWN = 100.0
@@ -39,6 +40,9 @@ class SimSettings:
     queue_limit: int | None = None
     # False: 429s carry Retry-After only, no x-ratelimit-* headers on any response
     ratelimit_headers: bool = True
+    # Keep the last this-many requests' prompts, max_tokens and stop (SimulatedServer.received):
+    # tests check what a client sent byte for byte. 0: keep none.
+    record_requests: int = 0
 
     def __post_init__(self) -> None:
         rates = ("error_rate", "reset_rate", "garbage_rate", "hang_rate", "truncate_rate",
@@ -56,6 +60,8 @@ class SimSettings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 (got {value!r})")
+        if not 0 <= self.record_requests <= MAX_RECORDED:
+            raise ValueError(f"record_requests must be within 0..{MAX_RECORDED} (got {self.record_requests!r})")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0 (got {self.latency_ms!r})")
         if self.capacity is not None and not 1 <= self.capacity <= MAX_CAPACITY:

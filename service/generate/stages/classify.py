@@ -30,6 +30,9 @@ def build_classify_prompt(
     examples: Sequence[SeedTask], instruction: str, templates: Templates
 ) -> str:
     q = templates.classify_question
+    if templates.classify_prefix is not None:
+        # the reference layout: its few-shot block, then " <task>\n<question>"
+        return f"{templates.classify_prefix} {instruction.strip()}\n{q}"
     blocks = [templates.classify_header, ""]
     for task in examples:
         answer = "Yes" if task.is_classification else "No"

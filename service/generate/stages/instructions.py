@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.generate.compat import reference_example_text
 from service.generate.templates import Templates
 
 # A new item starts on a line that begins with a number and "." or ")"; the reference
@@ -55,18 +56,22 @@ def build_instruction_prompt(
     seed_count: int = 0,
     machine_count: int = 0,
 ) -> InstructionPrompt:
+    """The numbered list the model continues. Each example is shown on one line without a
+    trailing ':' (which would read as a header). The reference layout puts the items
+    right after the header (which brings its own line break), as the reference does."""
     header = (
         templates.instructions_classification_header
         if classification
         else templates.instructions_header
     )
-    lines = [header, ""]
-    for i, instruction in enumerate(examples, start=1):
-        lines.append(f"{i}. {' '.join(instruction.split())}")
+    items = [f"{i}. {example_text(x)}" for i, x in enumerate(examples, start=1)]
     next_number = len(examples) + 1
-    lines.append(f"{next_number}.")
+    if templates.layout == "reference":
+        text = header + "".join(item + "\n" for item in items) + f"{next_number}."
+    else:
+        text = "\n".join([header, "", *items, f"{next_number}."])
     return InstructionPrompt(
-        text="\n".join(lines),
+        text=text,
         next_number=next_number,
         shown=tuple(examples),
         seed_count=seed_count,
@@ -75,9 +80,17 @@ def build_instruction_prompt(
     )
 
 
+def example_text(instruction: str) -> str:
+    """An example as the list shows it: one line, no trailing ':' (the reference's rule)."""
+    return reference_example_text(instruction)
+
+
 def stop_sequences(next_number: int) -> list[str]:
-    """Stop on a blank line or when the list reaches item 16."""
-    return ["\n\n", f"\n{_STOP_AT}.", f"{_STOP_AT}."] if next_number < _STOP_AT else ["\n\n"]
+    """Stop on a blank line or where item 16 would begin ("16.", "16 .", or any line
+    starting with 16), as the reference does: more items than asked are not parsed."""
+    if next_number >= _STOP_AT:
+        return ["\n\n"]
+    return ["\n\n", f"\n{_STOP_AT}", f"{_STOP_AT}.", f"{_STOP_AT} ."]
 
 
 def parse_instruction_items(text: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""Decontamination: n-gram overlap between generated data and evaluation sets."""

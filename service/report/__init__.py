@@ -1,0 +1,1 @@
+"""`selfinstruct report`: a run directory's numbers (summary.json) and an HTML page."""
