@@ -238,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{best.concurrency}, {best.requests_per_s:.2f} req/s); goal: within 10%. "
                 f"Limit at the end: {auto.limiter.get('in_flight_limit')}, no-load latency "
                 f"estimate {auto.limiter.get('no_load_latency_s')} s. "
-                f"Knee found by the sweep: {find_knee(local_sweep.points).concurrency if find_knee(local_sweep.points) else '-'}."
+                f"Knee found by the sweep: {find_knee(local_sweep.points).concurrency if find_knee(local_sweep.points) else '-'}. "
+                "With 4 slots, concurrency 4 and 8 should serve alike: their difference is "
+                "this shared machine's noise, as large as the gap measured for `auto`; "
+                "`auto` also started at 4, so it never saw the model's unloaded latency "
+                "(its no-load estimate is the 4-slot latency) and ended at "
+                f"{auto.limiter.get('in_flight_limit')} in flight."
                 f"\n\n![local sweep](figures/{LOCAL_SWEEP_PLOT.name})")
             print(sections[-1], flush=True)
 
