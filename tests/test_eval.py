@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,14 +20,11 @@ from service.evaluate.runner import EvalSettings, run_eval
 from service.evaluate.sheet import write_sheet
 from service.simulator import SimulatedServer
 from tests.conftest import SHARED_DATA
+from tests.helpers import jsonl
 
 TASKS = SHARED_DATA / "user_oriented_instructions.jsonl"
 PREDICTIONS = SHARED_DATA / "predictions"
 MODELS = sorted(p for p in PREDICTIONS.glob("*_predictions.jsonl"))
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def small_tasks(tmp_path: Path, n: int) -> Path:
@@ -43,7 +39,7 @@ async def test_eval_runs_scores_and_resumes(sim: SimulatedServer, tmp_path: Path
                              "max_in_flight": 4}, env={})
     result = await run_eval(config, EvalSettings(tasks, out, max_tokens=64))
     assert (result.items, result.done, result.new, result.failed) == (12, 12, 12, 0)
-    preds = rows(out / "predictions.jsonl")
+    preds = jsonl(out / "predictions.jsonl")
     assert len(preds) == 12 and len({p["id"] for p in preds}) == 12
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     for p in preds:
@@ -61,7 +57,7 @@ async def test_eval_runs_scores_and_resumes(sim: SimulatedServer, tmp_path: Path
     assert (result.done, result.new) == (12, 5)
     after = sim.stats()["by_route"]
     assert sum(after.values()) - sum(before.values()) == 5
-    assert sorted(p["id"] for p in rows(out / "predictions.jsonl")) == sorted(p["id"] for p in preds)
+    assert sorted(p["id"] for p in jsonl(out / "predictions.jsonl")) == sorted(p["id"] for p in preds)
 
     # the output directory is a source for compare and the rating sheet, beside a paper file
     from service.evaluate.compare import side_by_side
