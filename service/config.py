@@ -310,6 +310,21 @@ RANGES: dict[str, tuple[float, float]] = {
     "eval_temperature": (0.0, 2.0),
     "report_overlap_sample": (0, 10_000_000),
     "report_top": (1, 1_000),
+    "show": (0, 10_000),
+    # `selfinstruct bench`
+    "bench_duration": (0.01, DAY_S),
+    "bench_requests": (1, 10_000_000),
+    "bench_prompt_tokens": (1, 1_000_000),
+    # `selfinstruct simulate` (the upper ends as service/simulator/settings.py's MAX_*)
+    "sim_share": (0.0, 1.0),
+    "sim_burst_seconds": (0.01, 3_600.0),
+    "sim_latency_ms": (0.0, 600_000.0),
+    "sim_hang_seconds": (0.001, 30.0),
+    "sim_context_tokens": (1, 10_000_000),
+    "sim_capacity": (1, 100_000),
+    "sim_batch_slowdown": (0.0, 100.0),
+    "sim_queue_limit": (0, 1_000_000),
+    "sim_batch_turnaround": (0.0, DAY_S),
 }
 
 

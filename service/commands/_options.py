@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dedup import INDEXES, TOKENIZERS
-from service.config import RANGES, Config, load_config
+from service.config import RANGES, Config, load_config, out_of_range
 from service.llm.constants import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_MAX_RESPONSE_BYTES
 
 # flag dest -> config key (identical names; listed so the mapping is explicit and checked)
@@ -114,10 +114,39 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     add_range_help(parser)
 
 
+class Ranged:
+    """argparse ``type=`` for a numeric flag: parse ``kind`` and check it against
+    ``RANGES[name]`` (the one table) at parse time, so a bad value stops before anything
+    runs; argparse prefixes the flag, this names the value and the range."""
+
+    def __init__(self, name: str, kind: type[int] | type[float] = int,
+                 words: tuple[str, ...] = ()) -> None:
+        if name not in RANGES:
+            raise KeyError(f"no range for {name!r} in config.RANGES")
+        self.name = name
+        self.kind = kind
+        self.words = words  # also accepted as typed (lower-cased), e.g. "auto"
+        self.__name__ = kind.__name__  # argparse names the type in its own messages
+
+    def __call__(self, text: str) -> int | float | str:
+        if text.strip().lower() in self.words:
+            return text.strip().lower()
+        try:
+            value = self.kind(text)
+        except ValueError:
+            what = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        expected = out_of_range(self.name, value)
+        if expected is not None:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+
 def add_range_help(parser: argparse.ArgumentParser) -> None:
     """Append each numeric flag's range (config.RANGES, the one table) to its help."""
     for action in parser._actions:  # argparse has no public way to list a parser's flags
-        bounds = RANGES.get(action.dest)
+        bounds = (RANGES[action.type.name] if isinstance(action.type, Ranged)
+                  else RANGES.get(action.dest))
         if bounds is not None and action.help and "range" not in action.help:
             low, high = (int(b) if float(b).is_integer() else b for b in bounds)
             action.help += f" (range {low}-{high})"

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -28,6 +27,7 @@ from service.bench.sweep import (
     plot_sweep,
     run_sweep,
 )
+from service.commands._options import Ranged, add_range_help
 from service.errors import ConfigError
 from service.llm import Secret, install_uvloop
 from service.llm.constants import DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT_S
@@ -37,30 +37,7 @@ API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 
 
-def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _concurrency(number: Callable[[str], float | int]) -> Callable[[str], int | str]:
-    def parse(text: str) -> int | str:
-        return "auto" if text.strip().lower() == "auto" else int(number(text))
-
-    parse.__name__ = "concurrency"
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pos_int, pos_float = _positive(int), _positive(float)
     parser.add_argument("--base-url", metavar="URL",
                         help=f"endpoint ending in /v1 (default ${BASE_URL_ENV}; none: the "
                              "embedded local model)")
@@ -68,33 +45,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=["chat", "completions"], default="completions",
                         help="which API to call (default completions)")
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--duration", type=pos_float, metavar="SECONDS",
+    amount.add_argument("--duration", type=Ranged("bench_duration", float), metavar="SECONDS",
                         help="send for this long (default 10 s)")
-    amount.add_argument("--requests", type=pos_int, metavar="N", help="send N calls, then stop")
-    parser.add_argument("--concurrency", type=_concurrency(pos_int), default=DEFAULT_CONCURRENCY,
+    amount.add_argument("--requests", type=Ranged("bench_requests"), metavar="N", help="send N calls, then stop")
+    parser.add_argument("--concurrency", type=Ranged("max_in_flight", words=("auto",)), default=DEFAULT_CONCURRENCY,
                         metavar="N|auto",
                         help=f"calls in flight at most (default {DEFAULT_CONCURRENCY}); auto: "
                              "the adaptive limit (found from latency, as generate "
                              "--max-in-flight auto)")
-    parser.add_argument("--rpm", type=pos_float, metavar="N", help="requests per minute to stay under")
-    parser.add_argument("--tpm", type=pos_float, metavar="N", help="tokens per minute to stay under")
-    parser.add_argument("--max-tokens", type=pos_int, default=DEFAULT_MAX_TOKENS, metavar="N",
+    parser.add_argument("--rpm", type=Ranged("rpm", float), metavar="N", help="requests per minute to stay under")
+    parser.add_argument("--tpm", type=Ranged("tpm", float), metavar="N", help="tokens per minute to stay under")
+    parser.add_argument("--max-tokens", type=Ranged("max_tokens"), default=DEFAULT_MAX_TOKENS, metavar="N",
                         help=f"max_tokens of each request (default {DEFAULT_MAX_TOKENS})")
-    parser.add_argument("--prompt-tokens", type=pos_int, default=DEFAULT_PROMPT_TOKENS,
+    parser.add_argument("--prompt-tokens", type=Ranged("bench_prompt_tokens"), default=DEFAULT_PROMPT_TOKENS,
                         metavar="N",
                         help=f"approximate prompt length (default {DEFAULT_PROMPT_TOKENS})")
-    parser.add_argument("--prompts-per-request", type=pos_int, default=1, metavar="N",
+    parser.add_argument("--prompts-per-request", type=Ranged("prompts_per_request"), default=1, metavar="N",
                         help="completions API: send N prompts in one request (default 1)")
     parser.add_argument("--stream", action="store_true",
                         help="stream responses (measures time to first token)")
-    parser.add_argument("--max-attempts", type=pos_int, default=DEFAULT_MAX_ATTEMPTS,
+    parser.add_argument("--max-attempts", type=Ranged("max_attempts"), default=DEFAULT_MAX_ATTEMPTS,
                         metavar="N",
                         help=f"tries per call, as generate (default {DEFAULT_MAX_ATTEMPTS}; "
                              "1: no retries)")
-    parser.add_argument("--request-timeout", type=pos_float, default=DEFAULT_REQUEST_TIMEOUT_S,
+    parser.add_argument("--request-timeout", type=Ranged("request_timeout", float), default=DEFAULT_REQUEST_TIMEOUT_S,
                         metavar="SECONDS",
                         help=f"per-request timeout (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
-    parser.add_argument("--seed", type=int, default=0, metavar="INT", help="request seed")
+    parser.add_argument("--seed", type=Ranged("seed"), default=0, metavar="INT", help="request seed")
     parser.add_argument("--sweep", action="store_true",
                         help="step the concurrency through --levels (each for --duration, "
                              f"default {DEFAULT_LEVEL_DURATION_S:g} s) and report throughput "
@@ -106,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep: write a plot (needs matplotlib: the report extra)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
+    add_range_help(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dedup import INDEXES, TOKENIZERS
+from service.commands._options import Ranged, add_range_help
 from service.errors import ConfigError
 from service.file_filter import DedupCounts, ProgressBar, dedup_file
 
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="source", type=Path, required=True, metavar="FILE",
                         help="JSONL objects or plain text lines")
     parser.add_argument("--out", type=Path, metavar="FILE", help="kept rows (default stdout)")
-    parser.add_argument("--threshold", type=float, default=0.7,
+    parser.add_argument("--threshold", type=Ranged("threshold", float), default=0.7,
                         help="reject when ROUGE-L F is above this (default 0.7)")
     parser.add_argument("--inclusive", action="store_true", help="reject at the threshold too")
     parser.add_argument("--field", default="instruction", help="JSONL field to compare")
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rouge: rouge-score's exactly; unicode: words of any script")
     parser.add_argument("--index", choices=INDEXES, default="exact",
                         help="candidate index (exact never misses a pair)")
+    add_range_help(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from service.commands._options import Ranged, add_range_help
 from service.config import check_range, load_config
 from service.decontam.evalsets import DEFAULT_EVAL_SET
 from service.errors import ConfigError
@@ -32,20 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which API to call (default chat)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output directory (predictions.jsonl, eval.json); resumed if present")
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+    parser.add_argument("--max-tokens", type=Ranged("eval_max_tokens"), default=DEFAULT_MAX_TOKENS, metavar="N",
                         help=f"response length cap (default {DEFAULT_MAX_TOKENS})")
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+    parser.add_argument("--temperature", type=Ranged("eval_temperature", float), default=DEFAULT_TEMPERATURE, metavar="T",
                         help=f"sampling temperature (default {DEFAULT_TEMPERATURE})")
-    parser.add_argument("--rpm", type=float, metavar="N", help="requests per minute to stay under")
-    parser.add_argument("--tpm", type=float, metavar="N", help="tokens per minute to stay under")
+    parser.add_argument("--rpm", type=Ranged("rpm", float), metavar="N", help="requests per minute to stay under")
+    parser.add_argument("--tpm", type=Ranged("tpm", float), metavar="N", help="tokens per minute to stay under")
     parser.add_argument("--max-in-flight", metavar="N|auto",
                         help="concurrent requests cap, or auto (as generate's)")
-    parser.add_argument("--request-timeout", type=float, metavar="S", help="per-request timeout")
+    parser.add_argument("--request-timeout", type=Ranged("request_timeout", float), metavar="S", help="per-request timeout")
     parser.add_argument("--limit", type=int, default=5, metavar="N",
                         help="compare: items shown (default 5)")
     parser.add_argument("--id", action="append", default=[], metavar="ID",
                         help="compare: show this task id (repeatable)")
     parser.add_argument("--json", action="store_true", help="compare: the per-model table as JSON")
+    add_range_help(parser)
 
 
 def _compare(args: argparse.Namespace, sources: list[Path]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.commands._options import Ranged, add_range_help
 from service.errors import ConfigError, InputError
 from service.generate.compat import COMPAT_MODES
 from service.rundir.export import DEFAULT_FORMAT, EXPORT_DIR, FORMATS, export_run
@@ -34,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also export the seed tasks recorded in the run directory (first; after the "
              "generated tasks with --compat reference, as the reference does)",
     )
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=Ranged("seed"), default=0,
                         help="prompt-completion: seeds the choice of templates (default 0)")
     parser.add_argument(
         "--redis", metavar="URL",
         help="a distributed run: first gather its seeds, admissions and tasks into DIR",
     )
     parser.add_argument("--run-id", metavar="ID", help="the distributed run's id (with --redis)")
+    add_range_help(parser)
 
 
 def run(args: argparse.Namespace) -> int:

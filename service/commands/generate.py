@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.commands._options import add_generate_options, config_from_args
+from service.commands._options import Ranged, add_generate_options, add_range_help, config_from_args
 from service.errors import ConfigError
 from service.generate.orchestrator import print_summary, run_generate, show_tasks
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generate_options(parser)
-    parser.add_argument("--show", type=int, default=2, metavar="N", help="finished tasks to print at the end (default 2)")
+    parser.add_argument("--show", type=Ranged("show"), default=2, metavar="N", help="finished tasks to print at the end (default 2)")
     parser.add_argument(
         "--decontaminate", nargs="*", type=Path, metavar="FILE",
         help="reject tasks sharing a 13-gram (normalised tokens) with these evaluation sets "
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decontaminate-field", action="append", default=[], metavar="NAME",
                         help="text field of the --decontaminate files (repeatable; default: "
                              "the paper's format)")
+    add_range_help(parser)
 
 
 def usage_line(out: Path) -> str:

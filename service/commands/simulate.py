@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from service.commands._options import Ranged, add_range_help
 from service.llm.loop import install_uvloop
 from service.simulator.batch import BatchSimSettings
 from service.simulator.server import SimulatedServer
@@ -35,32 +36,33 @@ _FIELDS: dict[str, type] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SimSettings()
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    parser.add_argument("--rpm", type=float, metavar="N", help="requests per minute before 429 (default: unlimited)")
-    parser.add_argument("--tpm", type=float, metavar="N", help="tokens per minute before 429; a request weighs its prompt + max_tokens x choices (default: unlimited)")
-    parser.add_argument("--burst-seconds", type=float, metavar="S", default=d.burst_seconds, help=f"bucket size in seconds of rate (default {d.burst_seconds})")
-    parser.add_argument("--latency-ms", type=float, metavar="N", default=d.latency_ms, help=f"mean latency (default {d.latency_ms:g})")
-    parser.add_argument("--jitter", type=float, metavar="F", default=d.jitter, help=f"latency x uniform(1-F, 1+F) (default {d.jitter:g})")
-    parser.add_argument("--error-rate", type=float, metavar="F", default=0.0, help="share of requests answered 500/503")
-    parser.add_argument("--reset-rate", type=float, metavar="F", default=0.0, help="share of connections reset without an answer")
-    parser.add_argument("--garbage-rate", type=float, metavar="F", default=0.0, help="share answered 200 with a body that is not JSON")
-    parser.add_argument("--hang-rate", type=float, metavar="F", default=0.0, help="share never answered (for --hang-seconds)")
-    parser.add_argument("--hang-seconds", type=float, metavar="S", default=d.hang_seconds, help=f"how long a hang lasts (default {d.hang_seconds:g})")
-    parser.add_argument("--truncate-rate", type=float, metavar="F", default=0.0, help='share answered with cut text and finish_reason "length"')
-    parser.add_argument("--duplicate-rate", type=float, metavar="F", default=0.0, help="share of generated instructions that are near-duplicates")
-    parser.add_argument("--bad-item-rate", type=float, metavar="F", default=0.0, help="share of generated instructions the filters must drop")
-    parser.add_argument("--context-tokens", type=int, metavar="N", default=d.context_tokens, help=f"prompt + max_tokens above this: 400 context_length_exceeded (default {d.context_tokens})")
+    parser.add_argument("--port", type=Ranged("port"), default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--rpm", type=Ranged("rpm", float), metavar="N", help="requests per minute before 429 (default: unlimited)")
+    parser.add_argument("--tpm", type=Ranged("tpm", float), metavar="N", help="tokens per minute before 429; a request weighs its prompt + max_tokens x choices (default: unlimited)")
+    parser.add_argument("--burst-seconds", type=Ranged("sim_burst_seconds", float), metavar="S", default=d.burst_seconds, help=f"bucket size in seconds of rate (default {d.burst_seconds})")
+    parser.add_argument("--latency-ms", type=Ranged("sim_latency_ms", float), metavar="N", default=d.latency_ms, help=f"mean latency (default {d.latency_ms:g})")
+    parser.add_argument("--jitter", type=Ranged("sim_share", float), metavar="F", default=d.jitter, help=f"latency x uniform(1-F, 1+F) (default {d.jitter:g})")
+    parser.add_argument("--error-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share of requests answered 500/503")
+    parser.add_argument("--reset-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share of connections reset without an answer")
+    parser.add_argument("--garbage-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share answered 200 with a body that is not JSON")
+    parser.add_argument("--hang-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share never answered (for --hang-seconds)")
+    parser.add_argument("--hang-seconds", type=Ranged("sim_hang_seconds", float), metavar="S", default=d.hang_seconds, help=f"how long a hang lasts (default {d.hang_seconds:g})")
+    parser.add_argument("--truncate-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help='share answered with cut text and finish_reason "length"')
+    parser.add_argument("--duplicate-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share of generated instructions that are near-duplicates")
+    parser.add_argument("--bad-item-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="share of generated instructions the filters must drop")
+    parser.add_argument("--context-tokens", type=Ranged("sim_context_tokens"), metavar="N", default=d.context_tokens, help=f"prompt + max_tokens above this: 400 context_length_exceeded (default {d.context_tokens})")
     parser.add_argument("--model", default=d.model, help=f"model name listed by /v1/models (default {d.model})")
-    parser.add_argument("--seed", type=int, metavar="INT", default=0, help="makes answers, faults and latency repeatable (default 0)")
-    parser.add_argument("--capacity", type=int, metavar="N", help="serve at most N requests together (a self-hosted server: no 429s, a FIFO queue; default: unlimited)")
-    parser.add_argument("--batch-slowdown", type=float, metavar="F", default=d.batch_slowdown, help=f"with --capacity: a full batch is 1+F times slower than one request (default {d.batch_slowdown:g})")
-    parser.add_argument("--queue-limit", type=int, metavar="N", help="with --capacity: answer 503 when N requests already wait (default: no limit)")
+    parser.add_argument("--seed", type=Ranged("seed"), metavar="INT", default=0, help="makes answers, faults and latency repeatable (default 0)")
+    parser.add_argument("--capacity", type=Ranged("sim_capacity"), metavar="N", help="serve at most N requests together (a self-hosted server: no 429s, a FIFO queue; default: unlimited)")
+    parser.add_argument("--batch-slowdown", type=Ranged("sim_batch_slowdown", float), metavar="F", default=d.batch_slowdown, help=f"with --capacity: a full batch is 1+F times slower than one request (default {d.batch_slowdown:g})")
+    parser.add_argument("--queue-limit", type=Ranged("sim_queue_limit"), metavar="N", help="with --capacity: answer 503 when N requests already wait (default: no limit)")
     parser.add_argument("--no-ratelimit-headers", dest="ratelimit_headers", action="store_false", help="send no x-ratelimit-* headers: a 429 with Retry-After is the only sign of the limits")
     b = BatchSimSettings()
-    parser.add_argument("--batch-api-turnaround", type=float, metavar="S", default=b.turnaround_s, help=f"Batch API (/v1/batches): seconds from creating a batch to its end (default {b.turnaround_s:g})")
-    parser.add_argument("--batch-api-failure-rate", type=float, metavar="F", default=0.0, help="Batch API: share of lines answered with a 500 in the error file")
-    parser.add_argument("--batch-api-expire-rate", type=float, metavar="F", default=0.0, help="Batch API: share of batches that expire with part of their lines answered")
+    parser.add_argument("--batch-api-turnaround", type=Ranged("sim_batch_turnaround", float), metavar="S", default=b.turnaround_s, help=f"Batch API (/v1/batches): seconds from creating a batch to its end (default {b.turnaround_s:g})")
+    parser.add_argument("--batch-api-failure-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="Batch API: share of lines answered with a 500 in the error file")
+    parser.add_argument("--batch-api-expire-rate", type=Ranged("sim_share", float), metavar="F", default=0.0, help="Batch API: share of batches that expire with part of their lines answered")
     parser.add_argument("--require-api-key", action="store_true", help=f"demand 'Authorization: Bearer <key>' with the key from ${API_KEY_ENV} (or $OPENAI_API_KEY)")
+    add_range_help(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> SimSettings:
