@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -58,16 +57,7 @@ async def learned_case(api: str, headers: bool, target: int) -> dict[str, Any]:
                                     env={})
             done = asyncio.Event()
 
-            async def watch() -> None:
-                start = time.monotonic()
-                while not done.is_set():
-                    by_status = sim.stats()["by_status"]
-                    samples.append((time.monotonic() - start, by_status.get("200", 0),
-                                    by_status.get("429", 0)))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(done.wait(), 0.25)
-
-            watcher = asyncio.create_task(watch())
+            watcher = asyncio.create_task(sim.watch_answers(done, samples))
             started = time.monotonic()
             try:
                 result = await run_generate(config, install_signal_handlers=False)

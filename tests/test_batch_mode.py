@@ -5,9 +5,11 @@ offline batch runner."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -153,18 +155,26 @@ async def _offline_runner(sim: SimulatedServer, folder: Path, stop: asyncio.Even
         await asyncio.sleep(0.02)
 
 
-async def test_files_backend_end_to_end_with_an_offline_runner(tmp_path: Path) -> None:
-    out, folder = tmp_path / "run", tmp_path / "exchange"
-    sim = SimulatedServer(SimSettings(latency_ms=0, seed=4))  # never started: no HTTP
+@contextlib.asynccontextmanager
+async def _runner_running(sim: SimulatedServer, folder: Path,
+                          mangle: dict[str, bytes] | None = None) -> AsyncIterator[None]:
+    """The offline runner answers request files while the block runs; stopped after it."""
     stop = asyncio.Event()
-    runner = asyncio.create_task(_offline_runner(sim, folder, stop))
-    config = make_config(out, "http://127.0.0.1:9/v1", target=60, seed=4, mode="batch",
-                         batch_backend="files", batch_dir=str(folder), batch_poll_seconds=0.02)
+    runner = asyncio.create_task(_offline_runner(sim, folder, stop, mangle))
     try:
-        result = await run_generate(config, install_signal_handlers=False)
+        yield
     finally:
         stop.set()
         await runner
+
+
+async def test_files_backend_end_to_end_with_an_offline_runner(tmp_path: Path) -> None:
+    out, folder = tmp_path / "run", tmp_path / "exchange"
+    sim = SimulatedServer(SimSettings(latency_ms=0, seed=4))  # never started: no HTTP
+    config = make_config(out, "http://127.0.0.1:9/v1", target=60, seed=4, mode="batch",
+                         batch_backend="files", batch_dir=str(folder), batch_poll_seconds=0.02)
+    async with _runner_running(sim, folder):
+        result = await run_generate(config, install_signal_handlers=False)
     assert result.summary.status == "finished"
     assert len(jsonl(out / TASKS)) == 60
     assert verify_run(out).ok
@@ -180,29 +190,19 @@ async def test_malformed_output_file_is_a_clear_error_then_resume(
         tmp_path: Path, bad: bytes, field: str | None) -> None:
     out, folder = tmp_path / "run", tmp_path / "exchange"
     sim = SimulatedServer(SimSettings(latency_ms=0, seed=4))
-    stop = asyncio.Event()
-    runner = asyncio.create_task(_offline_runner(sim, folder, stop, {"first": bad}))
     config = make_config(out, "http://127.0.0.1:9/v1", target=20, seed=4, mode="batch",
                          batch_backend="files", batch_dir=str(folder), batch_poll_seconds=0.02)
-    try:
+    async with _runner_running(sim, folder, {"first": bad}):
         with pytest.raises(InputError) as exc:
             await run_generate(config, install_signal_handlers=False)
-    finally:
-        stop.set()
-        await runner
     assert exc.value.line == 1 and exc.value.field == field
     assert "output.jsonl" in str(exc.value)
     # The runner fixes its file; the resumed run picks it up and finishes: nothing lost.
     for request in folder.glob("*.input.jsonl"):
         output = folder / request.name.replace(".input.jsonl", ".output.jsonl")
         output.write_bytes(b"".join(_answer_file(sim, request)))
-    stop = asyncio.Event()
-    runner = asyncio.create_task(_offline_runner(sim, folder, stop))
-    try:
+    async with _runner_running(sim, folder):
         result = await run_generate(config, install_signal_handlers=False)
-    finally:
-        stop.set()
-        await runner
     assert result.summary.status == "finished"
     assert verify_run(out).ok
 

@@ -6,7 +6,6 @@ The full-size figures (1,000 tasks) are measured by benchmarks/adaptive.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +35,6 @@ class Shares:
     answers: int
 
 
-async def watch(sim: SimulatedServer, done: asyncio.Event,
-                samples: list[tuple[float, int, int]]) -> None:
-    """(seconds since start, 200s, 429s) every 0.25 s from the simulator's own counters."""
-    start = time.monotonic()
-    while not done.is_set():
-        by_status = sim.stats()["by_status"]
-        samples.append((time.monotonic() - start, by_status.get("200", 0),
-                        by_status.get("429", 0)))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 0.25)
-
-
 def shares(samples: list[tuple[float, int, int]]) -> Shares:
     """Over the steady window: from LEARN_S after the first answer until END_SHARE of
     the run's 200s (the supply control winds down at the end of a run, which says
@@ -72,7 +59,7 @@ async def run_against_limit(out: Path, api: str, headers: bool, target: int) -> 
         assert config.rpm is None and config.max_in_flight is None
         done = asyncio.Event()
         samples: list[tuple[float, int, int]] = []
-        watcher = asyncio.create_task(watch(sim, done, samples))
+        watcher = asyncio.create_task(sim.watch_answers(done, samples))
         try:
             result = await run_generate(config, install_signal_handlers=False)
         finally:
@@ -159,7 +146,7 @@ async def test_two_processes_share_an_unknown_limit(redis_url: str, tmp_path: Pa
     async with SimulatedServer(settings) as sim:
         done = asyncio.Event()
         samples: list[tuple[float, int, int]] = []
-        watcher = asyncio.create_task(watch(sim, done, samples))
+        watcher = asyncio.create_task(sim.watch_answers(done, samples))
         try:
             workers = [await spawn_generate(sim.base_url, tmp_path / f"w{i}", 600, "--redis",
                                             redis_url, "--run-id", f"share{headers}")

@@ -39,7 +39,7 @@ from service.errors import (
     RequestTimeout,
     ServerError,
 )
-from service.llm.retry import truncate_message
+from service.llm.retry import error_body_message, truncate_message
 from service.secret import Secret, redact
 
 MAX_BATCH_REQUESTS: Final = 50_000  # lines of one batch (OpenAI's cap)
@@ -427,17 +427,8 @@ def _segment(ident: str) -> str:
 
 
 def _message(raw: bytes) -> str:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:300].decode("utf-8", "replace")
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and "message" in err:
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return raw[:300].decode("utf-8", "replace")
+    message = error_body_message(raw, top_level=False)
+    return raw[:300].decode("utf-8", "replace") if message is None else message
 
 
 def _float(value: str | None) -> float | None:

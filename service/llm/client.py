@@ -43,6 +43,7 @@ from service.llm.health import EndpointHealth
 from service.llm.http import HTTPPool
 from service.llm.limiter import Outcome, Permit, RateLimiter
 from service.llm.retry import (
+    error_body_message,
     is_context_length_error,
     retry_after_from_headers,
     retry_delay,
@@ -489,19 +490,8 @@ def _outcome(exc: LLMError) -> Outcome:
 
 
 def _server_message(raw: bytes) -> str:
-    try:
-        data = orjson.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace")
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and "message" in err:
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if "message" in data:
-            return str(data["message"])
-    return raw.decode("utf-8", "replace")
+    message = error_body_message(raw, top_level=True)
+    return raw.decode("utf-8", "replace") if message is None else message
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:

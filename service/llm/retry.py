@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
+import orjson
+
 from service.llm.constants import (
     CONTEXT_SHRINK_FACTOR,
     DEFAULT_BACKOFF_BASE_S,
@@ -23,17 +25,23 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _CONTEXT_MARKERS = ("maximum context length", "context_length_exceeded", "too long", "context length")
 
 
+def _plain_number(text: str) -> float | None:
+    """``text`` as a bare number (NaN and inf included: each caller has its own rule for
+    them), or None when it is written some other way."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def parse_duration(value: str) -> float | None:
     """``x-ratelimit-reset-*`` durations: "6m0s", "1.5s", "20ms", "1h2m3s", or a bare number
     of seconds ("0.5"). Returns seconds, or None when unparseable."""
     text = value.strip().lower()
     if not text:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
+    seconds = _plain_number(text)
+    if seconds is not None:
         return seconds if 0 <= seconds < float("inf") else None  # NaN, inf: unusable
     pos, total = 0, 0.0
     unit_seconds = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -50,11 +58,8 @@ def parse_retry_after(value: str, now_epoch: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
+    seconds = _plain_number(text)
+    if seconds is not None:
         return max(0.0, seconds) if seconds == seconds else None  # NaN check
     try:
         when = parsedate_to_datetime(text)
@@ -118,6 +123,25 @@ def shrink_max_tokens(max_tokens: int, factor: float = CONTEXT_SHRINK_FACTOR) ->
 def truncate_message(message: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     message = " ".join(message.split())
     return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def error_body_message(raw: bytes, *, top_level: bool) -> str | None:
+    """The message an error body carries: OpenAI's ``{"error": {"message": ...}}`` or
+    ``{"error": "..."}`` (with ``top_level`` also ``{"message": ...}``); None when the body
+    is not JSON or carries none, so the caller picks its own fallback."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if top_level and "message" in data:
+            return str(data["message"])
+    return None
 
 
 def should_retry(attempt: int, max_attempts: int, remaining_s: float | None, delay: float) -> bool:

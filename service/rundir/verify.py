@@ -368,28 +368,39 @@ def _read_seeds(root: Path, report: VerifyReport, lines: Counter[str]) -> list[_
     return out
 
 
+def _check_id(report: VerifyReport, ids: dict[str, int], rec_id: Any, label: str,
+              file: str, lineno: int) -> None:
+    """A record's id is a non-empty string not used before in ``file`` (``ids``: each id's
+    first line; ``label``: how the message names the id)."""
+    if not isinstance(rec_id, str) or not rec_id:
+        report.add(SCHEMA, "'id' missing or not a non-empty string", file, lineno)
+    elif rec_id in ids:
+        report.add(UNIQUE_IDS, f"{label} {rec_id!r} already used on line {ids[rec_id]}", file, lineno)
+    else:
+        ids[rec_id] = lineno
+
+
+def _check_unique_text(report: VerifyReport, texts: dict[str, int], text: str, file: str,
+                       lineno: int) -> None:
+    """An instruction appears once in ``file`` (``texts``: each one's first line)."""
+    if text in texts:
+        report.add(UNIQUE_INSTRUCTIONS, f"instruction {_short(text)} already on line {texts[text]}",
+                   file, lineno)
+    else:
+        texts[text] = lineno
+
+
 def _read_instructions(root: Path, report: VerifyReport, lines: Counter[str]) -> list[_Entry]:
     out: list[_Entry] = []
     ids: dict[str, int] = {}
     texts: dict[str, int] = {}
     for lineno, obj in _iter_records(root / INSTRUCTIONS, report, lines):
-        rec_id, text = obj.get("id"), obj.get("instruction")
-        if not isinstance(rec_id, str) or not rec_id:
-            report.add(SCHEMA, "'id' missing or not a non-empty string", INSTRUCTIONS, lineno)
-        elif rec_id in ids:
-            report.add(UNIQUE_IDS, f"id {rec_id!r} already used on line {ids[rec_id]}", INSTRUCTIONS, lineno)
-        else:
-            ids[rec_id] = lineno
+        text = obj.get("instruction")
+        _check_id(report, ids, obj.get("id"), "id", INSTRUCTIONS, lineno)
         if not isinstance(text, str) or not text.strip():
             report.add(SCHEMA, "'instruction' missing or not a non-empty string", INSTRUCTIONS, lineno)
             continue
-        if text in texts:
-            report.add(
-                UNIQUE_INSTRUCTIONS, f"instruction {_short(text)} already on line {texts[text]}",
-                INSTRUCTIONS, lineno,
-            )
-        else:
-            texts[text] = lineno
+        _check_unique_text(report, texts, text, INSTRUCTIONS, lineno)
         out.append(_Entry(text, INSTRUCTIONS, lineno))
     return out
 
@@ -407,25 +418,14 @@ def _read_tasks(
     unadmitted: list[_Entry] = []
     n_instances = 0
     for lineno, obj in _iter_records(root / TASKS, report, lines):
-        rec_id, text = obj.get("id"), obj.get("instruction")
-        if not isinstance(rec_id, str) or not rec_id:
-            report.add(SCHEMA, "'id' missing or not a non-empty string", TASKS, lineno)
-        elif rec_id in ids:
-            report.add(UNIQUE_IDS, f"task id {rec_id!r} already used on line {ids[rec_id]}", TASKS, lineno)
-        else:
-            ids[rec_id] = lineno
+        text = obj.get("instruction")
+        _check_id(report, ids, obj.get("id"), "task id", TASKS, lineno)
         if not isinstance(obj.get("is_classification"), bool):
             report.add(SCHEMA, "'is_classification' missing or not true/false", TASKS, lineno)
         if not isinstance(text, str) or not text.strip():
             report.add(SCHEMA, "'instruction' missing or not a non-empty string", TASKS, lineno)
         else:
-            if text in texts:
-                report.add(
-                    UNIQUE_INSTRUCTIONS, f"instruction {_short(text)} already on line {texts[text]}",
-                    TASKS, lineno,
-                )
-            else:
-                texts[text] = lineno
+            _check_unique_text(report, texts, text, TASKS, lineno)
             if text not in admitted:
                 report.add(
                     TASK_ADMITTED, f"instruction {_short(text)} is not in {INSTRUCTIONS}", TASKS, lineno

@@ -158,10 +158,36 @@ class BatchService:
         self._seq += 1
         return f"{prefix}-sim{self._seq:06d}"
 
+    def _denied(self, request: web.Request, kind: str | None) -> web.Response | None:
+        """Count the request under ``kind`` (None: not counted), then check its key: the
+        refusal to send back, or None when it may go on."""
+        if kind is not None:
+            self.requests[kind] += 1
+        return self.server.check_auth(request)
+
+    def _file(self, request: web.Request, kind: str | None) -> _File | web.Response:
+        """The file the path names, or the response refusing the request."""
+        denied = self._denied(request, kind)
+        if denied is not None:
+            return denied
+        file = self.files.get(request.match_info["file_id"])
+        return _error(404, "No such File object") if file is None else file
+
+    def _batch(self, request: web.Request, kind: str) -> _Batch | web.Response:
+        """The batch the path names, brought up to date, or the response refusing the
+        request."""
+        denied = self._denied(request, kind)
+        if denied is not None:
+            return denied
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return _error(404, "No such Batch object")
+        self._advance(batch)
+        return batch
+
     # ------------------------------------------------------------------ files
     async def _upload(self, request: web.Request) -> web.Response:
-        self.requests["upload"] += 1
-        denied = self.server.check_auth(request)
+        denied = self._denied(request, "upload")
         if denied is not None:
             return denied
         if self.settings.upload_error_status is not None:
@@ -201,22 +227,13 @@ class BatchService:
         return web.json_response(file.info())
 
     async def _file_info(self, request: web.Request) -> web.Response:
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        file = self.files.get(request.match_info["file_id"])
-        if file is None:
-            return _error(404, "No such File object")
-        return web.json_response(file.info())
+        file = self._file(request, None)
+        return file if isinstance(file, web.Response) else web.json_response(file.info())
 
     async def _content(self, request: web.Request) -> web.Response:
-        self.requests["content"] += 1
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        file = self.files.get(request.match_info["file_id"])
-        if file is None:
-            return _error(404, "No such File object")
+        file = self._file(request, "content")
+        if isinstance(file, web.Response):
+            return file
         return web.Response(body=file.data, content_type="application/octet-stream")
 
     # ------------------------------------------------------------------ batches
@@ -251,8 +268,7 @@ class BatchService:
         return lines
 
     async def _create(self, request: web.Request) -> web.Response:
-        self.requests["create"] += 1
-        denied = self.server.check_auth(request)
+        denied = self._denied(request, "create")
         if denied is not None:
             return denied
         try:
@@ -361,19 +377,11 @@ class BatchService:
         batch.finished_at = now
 
     async def _retrieve(self, request: web.Request) -> web.Response:
-        self.requests["retrieve"] += 1
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return _error(404, "No such Batch object")
-        self._advance(batch)
-        return web.json_response(batch.info())
+        batch = self._batch(request, "retrieve")
+        return batch if isinstance(batch, web.Response) else web.json_response(batch.info())
 
     async def _list(self, request: web.Request) -> web.Response:
-        self.requests["list"] += 1
-        denied = self.server.check_auth(request)
+        denied = self._denied(request, "list")
         if denied is not None:
             return denied
         try:
@@ -394,14 +402,9 @@ class BatchService:
         })
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        self.requests["cancel"] += 1
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return _error(404, "No such Batch object")
-        self._advance(batch)
+        batch = self._batch(request, "cancel")
+        if isinstance(batch, web.Response):
+            return batch
         if batch.status in ("validating", "in_progress"):
             age = time.monotonic() - batch.created
             share = min(1.0, age / self.settings.turnaround_s) if self.settings.turnaround_s else 1.0

@@ -258,6 +258,19 @@ class SimulatedServer:
     def reset_stats(self) -> None:
         self._reset_counters()
 
+    async def watch_answers(self, done: asyncio.Event, samples: list[tuple[float, int, int]],
+                            every_s: float = 0.25) -> None:
+        """Until ``done`` is set, append (seconds since the call, 200s, 429s) every
+        ``every_s`` from this server's own counters: a run's served rate and rate-limit
+        misses over time, seen from the endpoint."""
+        start = time.monotonic()
+        while not done.is_set():
+            by_status = self.by_status
+            samples.append((time.monotonic() - start, by_status.get("200", 0),
+                            by_status.get("429", 0)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every_s)
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
