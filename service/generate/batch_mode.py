@@ -71,7 +71,7 @@ from service.generate.records import (
     run_json,
     task_record,
 )
-from service.generate.resume import seeds_for_run
+from service.generate.resume import read_back, seeds_for_run
 from service.generate.seams import AdmitFn, PendingTask
 from service.generate.stage_calls import TASK_KIND_EXCLUDED
 from service.generate.stages import classify as classify_stage
@@ -155,25 +155,14 @@ class BatchRun:
     def load_existing(self) -> None:
         """Rebuild the run's state from its files (after any half-processed round was
         cut back by :func:`open_batch_run`)."""
-        admitted = self.run_dir.records(INSTRUCTIONS)
-        done = {str(r["id"]) for r in self.run_dir.records(TASKS) if "id" in r}
-        rejected = self.run_dir.records(REJECTED)
-        dropped = {str(r["id"]) for r in rejected if r.get("task_level") and "id" in r}
-        self.state.tasks_written = len(done)
-        self.state.instructions_admitted = len(admitted)
-        self.state.rejected = len(rejected)
-        for rec in rejected:
-            self.state.rejected_by_reason[str(rec.get("reason"))] += 1
-        for rec in admitted:
-            text = str(rec["instruction"])
-            self.machine_instructions.append(text)
-            task_id = str(rec["id"])
-            self._next_task_number = max(self._next_task_number, _task_number(task_id) + 1)
-            if task_id not in done and task_id not in dropped:
-                avg = rec.get("avg_similarity_score")
-                self.pending[task_id] = PendingTask(
-                    task_id, text, dict(rec.get("most_similar") or {}),
-                    avg_similarity=float(avg) if isinstance(avg, int | float) else None)
+        back = read_back(self.run_dir)  # the online pipeline's resume reads the same
+        self.state.tasks_written = back.state.tasks_written
+        self.state.instructions_admitted = back.state.instructions_admitted
+        self.state.rejected = back.state.rejected
+        self.state.rejected_by_reason.update(back.state.rejected_by_reason)
+        self.machine_instructions.extend(back.admitted_texts)
+        self._next_task_number = max(self._next_task_number, back.next_task_number)
+        self.pending.update((task.id, task) for task in back.pending)
         self.state.resumed_pending = len(self.pending)
 
     # ------------------------------------------------------------------ control
@@ -607,13 +596,6 @@ def batch_line(run: BatchRun) -> str:
             f"tasks {run.state.tasks_written}/{run.config.target} | "
             f"tokens {format_count(float(usage['total_tokens']))} | "
             f"${float(usage.get('cost_usd') or 0.0):.2f}")
-
-
-def _task_number(task_id: str) -> int:
-    try:
-        return int(task_id.rsplit("_", 1)[-1])
-    except ValueError:
-        return 0
 
 
 @contextlib.asynccontextmanager
