@@ -56,6 +56,14 @@ CASES: list[tuple[str, list[str], str, str, str]] = [
     ("eval", [], "--request-timeout", "0", "a number from 0.01 to 3600"),
     ("eval", [], "--max-tokens", "100001", "an integer from 1 to 100000"),
     ("eval", [], "--temperature", "2.5", "a number from 0 to 2"),
+    ("eval", [], "--limit", "0", "an integer from 1 to 1000"),
+    ("eval-sheet", ["src", "--out", "page.html"], "--limit", "0", "an integer from 1 to 10000000"),
+    ("eval-sheet", ["src", "--out", "page.html"], "--seed", "-1",
+     "an integer from 0 to 9223372036854775807"),
+    ("decontaminate", ["run"], "--ngram", "65", "an integer from 1 to 64"),
+    ("decontaminate", ["run"], "--min-tokens", "0", "an integer from 1 to 64"),
+    ("report", ["run"], "--overlap-sample", "-1", "an integer from 0 to 10000000"),
+    ("report", ["run"], "--top", "1001", "an integer from 1 to 1000"),
 ]
 
 

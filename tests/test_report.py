@@ -195,8 +195,11 @@ def test_command_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["report", str(run_dir), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "report.html").is_file()
     assert "report of 120 tasks" in capsys.readouterr().out
-    assert main(["report", str(run_dir), "--overlap-sample", "-1"]) == 2
-    assert "--overlap-sample" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # refused at parse time
+        main(["report", str(run_dir), "--overlap-sample", "-1"])
+    assert stopped.value.code == 2
+    assert "--overlap-sample: expected an integer from 0 to 10000000, got '-1'" \
+        in capsys.readouterr().err
 
 
 def test_the_run_records_a_timeline_and_the_report_reads_it(run_dir: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from service.config import check_range
+from service.commands._options import Ranged, add_range_help
 from service.decontam.check import build_index, drop_findings, record_result, scan_run
 from service.decontam.evalsets import DEFAULT_EVAL_SET, DEFAULT_ID_FIELD
 from service.decontam.ngrams import DEFAULT_MIN_TOKENS, DEFAULT_N
@@ -38,19 +38,18 @@ def add_against_options(parser: argparse.ArgumentParser, flag: str) -> None:
     )
     parser.add_argument("--id-field", default=DEFAULT_ID_FIELD, metavar="NAME",
                         help=f"the evaluation items' id field (default {DEFAULT_ID_FIELD})")
-    parser.add_argument("--ngram", type=int, default=DEFAULT_N, metavar="N",
-                        help=f"n-gram length in normalised tokens (default {DEFAULT_N}; 1-64)")
+    parser.add_argument("--ngram", type=Ranged("ngram"), default=DEFAULT_N, metavar="N",
+                        help=f"n-gram length in normalised tokens (default {DEFAULT_N})")
     parser.add_argument(
-        "--min-tokens", type=int, default=DEFAULT_MIN_TOKENS, metavar="N",
+        "--min-tokens", type=Ranged("ngram_min_tokens"), default=DEFAULT_MIN_TOKENS, metavar="N",
         help=f"evaluation texts shorter than --ngram but at least this long are matched "
-             f"whole; shorter ones are not checked (default {DEFAULT_MIN_TOKENS}; 1-64)",
+             f"whole; shorter ones are not checked (default {DEFAULT_MIN_TOKENS})",
     )
+    add_range_help(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     root = require_run_dir(args.run_dir)
-    check_range("ngram", args.ngram, "--ngram")
-    check_range("ngram_min_tokens", args.min_tokens, "--min-tokens")
     files = list(args.against or [DEFAULT_EVAL_SET])
     index, sources = build_index(files, fields=args.eval_fields, id_field=args.id_field,
                                  n=args.ngram, min_tokens=args.min_tokens)

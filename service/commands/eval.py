@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from service.commands._options import Ranged, add_range_help
-from service.config import check_range, load_config
+from service.config import load_config
 from service.decontam.evalsets import DEFAULT_EVAL_SET
 from service.errors import ConfigError
 from service.evaluate.runner import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", metavar="N|auto",
                         help="concurrent requests cap, or auto (as generate's)")
     parser.add_argument("--request-timeout", type=Ranged("request_timeout", float), metavar="S", help="per-request timeout")
-    parser.add_argument("--limit", type=int, default=5, metavar="N",
+    parser.add_argument("--limit", type=Ranged("report_top"), default=5, metavar="N",
                         help="compare: items shown (default 5)")
     parser.add_argument("--id", action="append", default=[], metavar="ID",
                         help="compare: show this task id (repeatable)")
@@ -56,7 +56,6 @@ def _compare(args: argparse.Namespace, sources: list[Path]) -> int:
 
     if not sources:
         raise ConfigError("eval compare needs at least one SRC (eval --out directory or predictions file)")
-    check_range("report_top", args.limit, "--limit")
     models = load_sources(sources, args.tasks)
     rows = model_table(models)
     if args.json:
@@ -79,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
         return _compare(args, [Path(p) for p in args.compare[1:]])
     if args.base_url is None or args.model is None or args.out is None:
         raise ConfigError("eval needs --base-url, --model and --out")
-    check_range("eval_max_tokens", args.max_tokens, "--max-tokens")
-    check_range("eval_temperature", args.temperature, "--temperature")
     from service.evaluate.runner import EvalSettings, run_eval
     from service.llm.loop import install_uvloop
 
