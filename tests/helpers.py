@@ -43,6 +43,18 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+async def read_http_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request off a raw test server's connection: (head, body), the body
+    read by its Content-Length. Raises IncompleteReadError when the client hangs up."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head, await reader.readexactly(length)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child process: this checkout first on the path, none of
     :data:`DROPPED_ENV`, plus ``extra``."""

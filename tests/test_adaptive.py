@@ -148,9 +148,12 @@ def test_aimd_cuts_once_per_burst_then_increases_additively() -> None:
     (100.0, None, 5400.0),  # from what was served
     (100.0, 3000.0, 2700.0),  # never above the rate in force
     (1000.0, 6000.0, 5400.0),
-    (0.0, None, 6.0),  # nothing served: the floor
+    (10.0, 6000.0, 3000.0),  # a window starved by pauses: at most halved
+    (0.0, None, None),  # nothing served yet: too early to set a rate
+    (0.0, 600.0, 540.0),
 ])
-def test_aimd_cut_table(served_per_s: float, rpm_before: float | None, expected: float) -> None:
+def test_aimd_cut_table(served_per_s: float, rpm_before: float | None,
+                        expected: float | None) -> None:
     aimd = AimdRate(decrease=0.9, window_s=2.0)
     t = 0.0
     if served_per_s:
@@ -159,13 +162,27 @@ def test_aimd_cut_table(served_per_s: float, rpm_before: float | None, expected:
             aimd.on_success(t)
     aimd.rpm = rpm_before
     aimd.on_rate_limited(t, 0.1)
-    assert aimd.rpm == pytest.approx(expected, rel=0.02)
+    assert aimd.rpm == (None if expected is None else pytest.approx(expected, rel=0.02))
+
+
+def test_aimd_waits_for_a_measurable_span() -> None:
+    """A 429 in the first moments (a few answers in 0.1 s) does not set a rate from
+    them: that once pinned a run at a third of its limit."""
+    aimd = AimdRate(decrease=0.9, window_s=2.0)
+    for k in range(5):
+        aimd.on_success(0.02 * k)
+    assert not aimd.on_rate_limited(0.1, 0.3)
+    assert aimd.rpm is None
+    for k in range(100):
+        aimd.on_success(0.1 + 0.01 * k)
+    assert aimd.on_rate_limited(1.2, 0.3)
+    assert aimd.rpm == pytest.approx(0.9 * 60 * 105 / 1.2, rel=0.02)
 
 
 async def test_limiter_paces_at_the_rate_found_from_429s() -> None:
     clock = Clock()
     limiter = RateLimiter(LimiterSettings(max_in_flight=MAX_ADAPTIVE_IN_FLIGHT, in_flight="rate"), clock=clock)
-    for _ in range(100):
+    for _ in range(150):
         clock.now += 0.01
         permit = await limiter.acquire()
         permit.finish("ok")

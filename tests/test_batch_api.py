@@ -182,3 +182,17 @@ def test_split_requests_respects_count_and_byte_caps() -> None:
     assert [len(f) for f in split_requests(lines, max_requests=50, max_bytes=350)] == [3, 3, 3, 1]
     with pytest.raises(InputError, match="above the file cap"):
         split_requests([b"x" * 500], max_bytes=100)
+
+
+def test_simulate_command_batch_api_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import build_parser, main
+    from service.commands.simulate import batch_settings_from_args
+
+    args = build_parser("simulate").parse_args(["simulate", "--batch-api-turnaround", "5",
+                                      "--batch-api-failure-rate", "0.05",
+                                      "--batch-api-expire-rate", "0.2", "--seed", "3"])
+    settings = batch_settings_from_args(args)
+    assert (settings.turnaround_s, settings.line_failure_rate, settings.expire_rate,
+            settings.seed) == (5.0, 0.05, 0.2, 3)
+    assert main(["simulate", "--batch-api-failure-rate", "2"]) == 2
+    assert "line_failure_rate must be within 0..1" in capsys.readouterr().err

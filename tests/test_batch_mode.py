@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,8 @@ from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
 from service.simulator.batch import BatchSimSettings
-from tests.conftest import PYTHON, ROOT, make_config
+from tests.conftest import make_config
+from tests.helpers import jsonl, spawn_generate
 
 ACCEPTANCE = BatchSimSettings(turnaround_s=0.3, line_failure_rate=0.05, expire_rate=0.2, seed=7)
 
@@ -33,12 +33,6 @@ ACCEPTANCE = BatchSimSettings(turnaround_s=0.3, line_failure_rate=0.05, expire_r
 def _sim(batch: BatchSimSettings = ACCEPTANCE, seed: int = 1) -> SimulatedServer:
     return SimulatedServer(SimSettings(latency_ms=0, seed=seed, duplicate_rate=0.2,
                                        bad_item_rate=0.1), batch=batch)
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
 
 
 def _paid_once(sim: SimulatedServer, out: Path) -> None:
@@ -65,7 +59,7 @@ async def test_2000_tasks_in_batch_mode_pass_verify(tmp_path: Path) -> None:
         _paid_once(sim, out)
         stats = sim.batch.stats()
     assert result.summary.status == "finished"
-    assert len(_lines(out / TASKS)) == 2000
+    assert len(jsonl(out / TASKS)) == 2000
     report = verify_run(out)
     assert report.ok, report.summary()
     run = orjson.loads((out / RUN_JSON).read_bytes())
@@ -98,19 +92,14 @@ async def test_same_seed_twice_gives_identical_files(tmp_path: Path) -> None:
 
 
 async def _spawn(base_url: str, out: Path, target: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_API_KEY", None)
-    return await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "generate", "--out", str(out), "--target", str(target),
-        "--base-url", base_url, "--model", "sim", "--quiet", "--show", "0", "--seed", "2",
-        "--mode", "batch", "--batch-poll-seconds", "0.05", "--batch-max-requests", "30",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    return await spawn_generate(base_url, out, target, "--seed", "2", "--mode", "batch",
+                                "--batch-poll-seconds", "0.05", "--batch-max-requests", "20")
 
 
 async def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rng = random.Random(17)
-    async with _sim(BatchSimSettings(turnaround_s=0.4, line_failure_rate=0.05,
+    async with _sim(BatchSimSettings(turnaround_s=1.0, line_failure_rate=0.05,
                                      expire_rate=0.2, seed=3)) as sim:
         for _ in range(5):
             process = await _spawn(sim.base_url, out, 1000)
@@ -122,12 +111,12 @@ async def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         _, stderr = await asyncio.wait_for(process.communicate(), 300)
         assert process.returncode == 0, stderr.decode()[-2000:]
         _paid_once(sim, out)
-    tasks = _lines(out / TASKS)
+    tasks = jsonl(out / TASKS)
     assert len(tasks) == 1000
     assert len({t["id"] for t in tasks}) == 1000
     report = verify_run(out)
     assert report.ok, report.summary()
-    events = Counter(e["event"] for e in _lines(out / BATCHES))
+    events = Counter(e["event"] for e in jsonl(out / BATCHES))
     assert events["submitted"] == len(sim.batch.batches)
 
 
@@ -177,7 +166,7 @@ async def test_files_backend_end_to_end_with_an_offline_runner(tmp_path: Path) -
         stop.set()
         await runner
     assert result.summary.status == "finished"
-    assert len(_lines(out / TASKS)) == 60
+    assert len(jsonl(out / TASKS)) == 60
     assert verify_run(out).ok
     assert sorted(folder.glob("*.input.jsonl")) and sorted(folder.glob("*.output.jsonl"))
 
@@ -226,7 +215,7 @@ async def test_upload_4xx_fails_clearly_and_a_rerun_pays_once(tmp_path: Path) ->
                              batch_poll_seconds=0.02)
         with pytest.raises(ClientRequestError, match="HTTP 400"):
             await run_generate(config, install_signal_handlers=False)
-        events = [e["event"] for e in _lines(out / BATCHES)]
+        events = [e["event"] for e in jsonl(out / BATCHES)]
         assert PREPARED in events and "submitted" not in events
         assert not sim.batch.batches
         sim.batch.settings = ACCEPTANCE
@@ -412,4 +401,39 @@ async def test_a_batch_the_provider_fails_is_a_clear_error_then_resubmitted(
         result = await run_generate(config, install_signal_handlers=False)
         assert sim.batch.stats()["answered_twice"] == 0
     assert result.summary.status == "finished"
+    assert verify_run(out).ok
+
+
+def test_decontaminate_while_generating_is_online_only(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    code = main(["generate", "--mode", "batch", "--decontaminate", "--out", str(tmp_path / "r"),
+                 "--base-url", "http://127.0.0.1:9/v1", "--quiet"])
+    assert code == 2
+    assert "selfinstruct decontaminate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flags", "key"), [({"method": "alpaca"}, "method"),
+                                            ({"keep_raw": True}, "keep_raw")])
+async def test_online_only_options_are_refused_in_batch_mode(
+        tmp_path: Path, flags: dict[str, Any], key: str) -> None:
+    config = make_config(tmp_path / "r", "http://127.0.0.1:9/v1", mode="batch", **flags)
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        await run_generate(config, install_signal_handlers=False)
+
+
+async def test_reference_compat_rules_apply_in_batch_mode(tmp_path: Path) -> None:
+    """compat="reference": the same rules decide on model text as online (here: the
+    reference's capitalize() of every kept instruction)."""
+    out = tmp_path / "run"
+    async with _sim() as sim:
+        config = make_config(out, sim.base_url, target=30, seed=3, mode="batch",
+                             compat="reference", batch_poll_seconds=0.02)
+        result = await run_generate(config, install_signal_handlers=False)
+    assert result.summary.status == "finished"
+    admitted = [r["instruction"] for r in jsonl(out / INSTRUCTIONS)]
+    assert admitted and all(t == t.capitalize() for t in admitted)
+    assert all("raw_instances" in t for t in jsonl(out / TASKS))
     assert verify_run(out).ok

@@ -21,12 +21,9 @@ from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, TASKS
 from service.rundir.verify import verify_run
 from service.simulator import SimulatedServer
 from tests.conftest import SHARED_DATA, make_config
+from tests.helpers import jsonl
 
 EVAL = {t.id: t for t in read_eval_tasks(DEFAULT_EVAL_SET)}
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def write_rows(path: Path, records: list[dict[str, Any]]) -> None:
@@ -50,7 +47,7 @@ async def clean_run(sim: SimulatedServer, tmp_path: Path) -> Path:
 
 def plant(run: Path) -> dict[str, str]:
     """Plant three contaminated tasks; returns task id -> the evaluation id planted."""
-    tasks = rows(run / TASKS)
+    tasks = jsonl(run / TASKS)
     long_output = next(t for t in EVAL.values()
                        if t.instances and len(normalise_tokens(t.instances[0].output)) >= 30)
     long_input = next(t for t in EVAL.values()
@@ -62,7 +59,7 @@ def plant(run: Path) -> dict[str, str]:
     tasks[10]["instances"][0]["output"] = near_copy(long_output.instances[0].output)
     tasks[20]["instances"][0]["input"] = near_copy(long_input.instances[0].input)
     write_rows(run / TASKS, tasks)
-    admitted = rows(run / INSTRUCTIONS)
+    admitted = jsonl(run / INSTRUCTIONS)
     for rec in admitted:
         if rec["id"] == tasks[3]["id"]:
             rec["instruction"] = copied.instruction
@@ -98,14 +95,14 @@ def test_planted_copies_and_near_copies_are_caught_and_dropped(
         item = EVAL[c["match_id"]]
         texts = [item.instruction] + [x for i in item.instances for x in (i.input, i.output)]
         assert any(c["ngram"] in " ".join(normalise_tokens(t)) for t in texts)
-    assert rows(clean_run / TASKS) and len(rows(clean_run / TASKS)) == 60  # listing changes nothing
+    assert jsonl(clean_run / TASKS) and len(jsonl(clean_run / TASKS)) == 60  # listing changes nothing
 
     before = orjson.loads((clean_run / RUN_JSON).read_bytes())["counters"]
     result = decontaminate_json(clean_run, "--drop", capsys=capsys)
     assert result["dropped"] == 3
-    remaining = {t["id"] for t in rows(clean_run / TASKS)}
+    remaining = {t["id"] for t in jsonl(clean_run / TASKS)}
     assert len(remaining) == 57 and not remaining & set(planted)
-    rejections = [r for r in rows(clean_run / REJECTED) if r["reason"] == "contamination"]
+    rejections = [r for r in jsonl(clean_run / REJECTED) if r["reason"] == "contamination"]
     assert {(r["id"], r["match_id"]) for r in rejections} == set(planted.items())
     assert all(r["task_level"] and r["stage"] == "decontaminate" for r in rejections)
     after = orjson.loads((clean_run / RUN_JSON).read_bytes())["counters"]
@@ -115,7 +112,7 @@ def test_planted_copies_and_near_copies_are_caught_and_dropped(
     assert report.ok, report.summary()
     # again: nothing left, nothing rejected twice
     assert decontaminate_json(clean_run, "--drop", capsys=capsys)["contaminated"] == []
-    assert sum(r["reason"] == "contamination" for r in rows(clean_run / REJECTED)) == 3
+    assert sum(r["reason"] == "contamination" for r in jsonl(clean_run / REJECTED)) == 3
 
 
 def test_named_fields_and_short_texts(tmp_path: Path) -> None:
@@ -199,7 +196,7 @@ async def test_generate_decontaminate_rejects_while_generating(
     out1 = tmp_path / "first"
     await run_generate(make_config(out1, first.base_url, target=30, max_in_flight=1, seed=3),
                        install_signal_handlers=False)
-    tasks = rows(out1 / TASKS)
+    tasks = jsonl(out1 / TASKS)
     evalset = tmp_path / "eval.jsonl"
     write_rows(evalset, [{"id": f"ev{i}", "instruction": t["instruction"],
                           "instances": t["instances"]} for i, t in enumerate(tasks[:20:4])])
@@ -218,9 +215,9 @@ async def test_generate_decontaminate_rejects_while_generating(
 
     await run_generate(make_config(out2, second.base_url, target=30, max_in_flight=1, seed=3),
                        install_signal_handlers=False, on_pipeline=install)
-    assert len(rows(out2 / TASKS)) == 30
+    assert len(jsonl(out2 / TASKS)) == 30
     assert scan_run(out2, index).findings == []  # nothing contaminated was written
-    rejected = [r for r in rows(out2 / REJECTED) if r["reason"] == "contamination"]
+    rejected = [r for r in jsonl(out2 / REJECTED) if r["reason"] == "contamination"]
     assert len(rejected) == checks[0].rejected >= 5
     assert all(r["stage"] == "decontaminate" and r["task_level"] and r["match_id"].startswith("ev")
                and r["id"].startswith("task_") and len(r["ngram"].split()) <= 13 for r in rejected)
@@ -234,3 +231,12 @@ async def test_generate_decontaminate_rejects_while_generating(
     # the flag parses: no FILE means the bundled default set
     args = build_parser("generate").parse_args(["generate", "--decontaminate"])
     assert args.decontaminate == []
+
+
+def test_generate_decontaminate_in_batch_mode_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "--out", str(tmp_path / "run"), "--mode", "batch",
+                 "--base-url", "http://127.0.0.1:9/v1", "--decontaminate"]) == 2
+    assert "selfinstruct decontaminate RUN_DIR --drop" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

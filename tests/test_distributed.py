@@ -74,16 +74,20 @@ async def test_three_workers_share_target_rate_and_admission_order(
     _assert_group_is_clean(redis_url, "three")
 
 
-def _assert_group_is_clean(url: str, run_id: str) -> None:
+def _assert_group_is_clean(url: str, run_id: str, killed: int = 0) -> None:
     """After every process has exited: no consumer of any process is left in the group,
     and what is still pending (admitted, never finished: the target came first) is
-    parked for a later process, none of it finished already."""
+    parked for a later process, none of it finished already. A killed process's consumer
+    is taken over and deleted only while another process still runs (the target may be
+    reached first): up to ``killed`` may remain, holding only unfinished entries that any
+    later process claims once the lease has passed."""
     client = redis.Redis.from_url(url)
     keys = Keys(run_id)
     consumers = {c["name"].decode(): c for c in client.xinfo_consumers(keys.admissions, "workers")}
-    assert set(consumers) <= {PARKED}, sorted(consumers)
+    left = {name: c for name, c in consumers.items() if name != PARKED}
+    assert len(left) <= killed, sorted(consumers)
     pending = client.xpending_range(keys.admissions, "workers", "-", "+", 10_000)
-    assert {p["consumer"].decode() for p in pending} <= {PARKED}
+    assert {p["consumer"].decode() for p in pending} <= {PARKED, *left}
     admitted = {entry_id: f[b"task"] for entry_id, f in client.xrange(keys.admissions)}
     for entry in pending:
         assert not client.hexists(keys.done, admitted[entry["message_id"]])
@@ -111,18 +115,23 @@ async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
             asyncio.gather(*(w.communicate() for w in survivors)), 120)
     for worker, (_, stderr) in zip(survivors, results, strict=True):
         assert worker.returncode == 0, stderr.decode()
-    _check_gathered(redis_url, "kill", tmp_path / "gathered", target)
+    gathered = {str(t["id"]) for t in _check_gathered(redis_url, "kill", tmp_path / "gathered",
+                                                      target)}
     # Exactly the target was committed once each; the victim's leased work was taken over.
     outcomes = [v.decode() for v in client.hvals(keys.done)]
     assert outcomes.count("written") == target
-    survivors_wrote = sum(len(jsonl(tmp_path / f"w{i}" / "tasks.jsonl")) for i in range(2))
-    victim_wrote = len(jsonl(tmp_path / "victim" / "tasks.jsonl"))
-    # Never more than the target on disk; the victim may have died between committing a
-    # task to Redis and appending it locally (the gathered run above has it).
-    assert target - 5 <= victim_wrote + survivors_wrote <= target
+    survivors = [t["id"] for i in range(2) for t in jsonl(tmp_path / f"w{i}" / "tasks.jsonl")]
+    victim_ids = [t["id"] for t in jsonl(tmp_path / "victim" / "tasks.jsonl")]
+    local = survivors + victim_ids
+    # No task on disk twice, none outside the run; the survivors wrote everything the
+    # victim had not committed. The victim may have died between committing a task to
+    # Redis and appending it locally (as many as it had finishing at once): the gathered
+    # run above has those.
+    assert len(set(local)) == len(local) and set(local) <= gathered
+    assert len(survivors) >= target - len(victim_ids) - 256  # at most its in-flight cap
     client.close()
-    # The victim's consumer was deleted once its entries were taken over.
-    _assert_group_is_clean(redis_url, "kill")
+    # Nothing the victim held was finished twice or lost.
+    _assert_group_is_clean(redis_url, "kill", killed=1)
 
 
 def test_concurrent_admitters_keep_one_order(redis_url: str) -> None:

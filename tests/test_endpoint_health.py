@@ -36,6 +36,7 @@ from service.llm.health import EndpointHealth
 from service.rundir.store import RUN_JSON
 from service.serve.app import ServeSettings, Worker
 from tests.conftest import make_config
+from tests.helpers import read_http_request
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,13 +60,7 @@ async def counting_server(status: int = 500) -> AsyncIterator[dict[str, Any]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                await read_http_request(reader)
                 seen["requests"] += 1
                 writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s"
                              % (status, len(body), body))

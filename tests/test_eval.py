@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,14 +20,11 @@ from service.evaluate.runner import EvalSettings, run_eval
 from service.evaluate.sheet import write_sheet
 from service.simulator import SimulatedServer
 from tests.conftest import SHARED_DATA
+from tests.helpers import jsonl
 
 TASKS = SHARED_DATA / "user_oriented_instructions.jsonl"
 PREDICTIONS = SHARED_DATA / "predictions"
 MODELS = sorted(p for p in PREDICTIONS.glob("*_predictions.jsonl"))
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def small_tasks(tmp_path: Path, n: int) -> Path:
@@ -43,7 +39,7 @@ async def test_eval_runs_scores_and_resumes(sim: SimulatedServer, tmp_path: Path
                              "max_in_flight": 4}, env={})
     result = await run_eval(config, EvalSettings(tasks, out, max_tokens=64))
     assert (result.items, result.done, result.new, result.failed) == (12, 12, 12, 0)
-    preds = rows(out / "predictions.jsonl")
+    preds = jsonl(out / "predictions.jsonl")
     assert len(preds) == 12 and len({p["id"] for p in preds}) == 12
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     for p in preds:
@@ -61,7 +57,7 @@ async def test_eval_runs_scores_and_resumes(sim: SimulatedServer, tmp_path: Path
     assert (result.done, result.new) == (12, 5)
     after = sim.stats()["by_route"]
     assert sum(after.values()) - sum(before.values()) == 5
-    assert sorted(p["id"] for p in rows(out / "predictions.jsonl")) == sorted(p["id"] for p in preds)
+    assert sorted(p["id"] for p in jsonl(out / "predictions.jsonl")) == sorted(p["id"] for p in preds)
 
     # the output directory is a source for compare and the rating sheet, beside a paper file
     from service.evaluate.compare import side_by_side
@@ -228,3 +224,19 @@ def test_command_line_with_a_key_from_the_environment(tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+def test_sheet_embeds_hostile_text_as_data(tmp_path: Path) -> None:
+    hostile = "</script><script>alert(1)</script><!-- & <b>bold</b>"
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "eval.json").write_text('{"model": "m"}')
+    (out / "predictions.jsonl").write_bytes(orjson.dumps(
+        {"id": "t1", "instance": 0, "instruction": hostile, "input": hostile,
+         "target": "", "response": hostile}) + b"\n")
+    sheet = write_sheet(load_sources([out], TASKS), tmp_path / "p.html")
+    page = sheet.page.read_text()
+    assert "<script>alert(1)" not in page and "<b>bold" not in page
+    block = page.split('<script type="application/json" id="sheet-data">', 1)[1].split("</script>", 1)[0]
+    data = orjson.loads(block)
+    assert data["items"][0]["response"] == hostile and data["items"][0]["instruction"] == hostile

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -17,10 +16,7 @@ from service.report.hf import DEFAULT_TEMPLATES, size_category
 from service.rundir.store import RUN_JSON, SEEDS, TASKS
 from service.simulator import SimulatedServer
 from tests.conftest import make_config
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+from tests.helpers import jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +44,7 @@ async def test_hf_folder_loads_with_datasets_and_card_says_how(
     from huggingface_hub import DatasetCard
 
     ds = datasets.load_dataset(str(out))
-    tasks = rows(run / TASKS)
+    tasks = jsonl(run / TASKS)
     expected = [{"instruction": t["instruction"], "input": i["input"], "output": i["output"]}
                 for t in tasks for i in t["instances"]]
     assert list(ds) == ["train"]
@@ -69,6 +65,10 @@ async def test_hf_folder_loads_with_datasets_and_card_says_how(
     assert f"| `seed` | {config['seed']} |" in text
     assert f"| `target` | {config['target']} |" in text
     assert "| model, instances stage | `sim` |" in text
+    by_stage = run_json["usage"]["tokens"]["by_stage"]["instances"]
+    assert (f"| instances | `sim` | {by_stage['requests']} | {by_stage['prompt']} | "
+            f"{by_stage['completion']} |") in text
+    assert "compatibility mode (`--compat`): default" in text
     assert hashlib.sha256((run / SEEDS).read_bytes()).hexdigest() in text
     assert hashlib.sha256(DEFAULT_TEMPLATES.read_bytes()).hexdigest() in text
     assert f"| finished tasks | {len(tasks):,} |" in text

@@ -27,6 +27,7 @@ from service.errors import ResponseTooLarge, RetriesExhausted
 from service.llm import ClientSettings, LLMClient, RetrySettings
 from service.llm.http import MAX_HEAD_BYTES, BodyTooLarge, HTTPPool, ProtocolError
 from tests.conftest import ROOT
+from tests.helpers import read_http_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,13 +61,7 @@ class Hostile:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                await read_http_request(reader)
                 reply = self.replies[min(self.requests, len(self.replies) - 1)]
                 self.requests += 1
                 step = self.pieces or len(reply) or 1

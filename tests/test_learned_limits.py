@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from service.generate.distributed import RedisCoordinator, SharedRateLimiter
 from service.generate.orchestrator import run_generate
@@ -21,6 +22,7 @@ from service.rundir.store import RUN_JSON
 from service.rundir.verify import verify_run
 from service.simulator import SimSettings, SimulatedServer
 from tests.conftest import make_config
+from tests.helpers import spawn_generate
 
 RPM = 6000
 LEARN_S = 5.0  # the first seconds are for learning; shares are measured after them
@@ -47,9 +49,12 @@ async def watch(sim: SimulatedServer, done: asyncio.Event,
 
 
 def shares(samples: list[tuple[float, int, int]]) -> Shares:
-    """Over the steady window: from LEARN_S until END_SHARE of the run's 200s (the
-    supply control winds down at the end of a run, which says nothing about the limit)."""
-    first = next(s for s in samples if s[0] >= LEARN_S)
+    """Over the steady window: from LEARN_S after the first answer until END_SHARE of
+    the run's 200s (the supply control winds down at the end of a run, which says
+    nothing about the limit)."""
+    # the run starts with its first answer (child processes take a while to start)
+    started = next(s[0] for s in samples if s[1] + s[2] > 0)
+    first = next(s for s in samples if s[0] >= started + LEARN_S)
     total_ok = samples[-1][1]
     last = next(s for s in samples if s[1] >= END_SHARE * total_ok)
     assert last[0] - first[0] >= 2.0, "the run ended too soon to measure"
@@ -118,3 +123,53 @@ async def test_a_distributed_run_shares_what_one_process_learned(redis_url: str)
     finally:
         for coordinator in coordinators:
             await coordinator.aclose()
+
+
+async def test_a_rate_found_from_429s_stays_with_its_process(redis_url: str) -> None:
+    """Without headers each process finds its own share of the limit from its own 429s
+    and paces it itself (as AIMD flows share a link); the shared bucket is not set from
+    it and nothing is published: one process's share is not the run's limit."""
+    coordinator = RedisCoordinator(redis_url, "aimd")
+    try:
+        limiter = SharedRateLimiter(LimiterSettings(max_in_flight=8), coordinator.aio,
+                                    coordinator.keys)
+        now = time.monotonic()
+        for k in range(150):  # this process was served 100/s for 1.5 s
+            limiter.aimd.on_success(now - 1.5 + k * 0.01)
+        limiter.on_rate_limited(0.01)
+        snap = limiter.snapshot()
+        assert snap["rpm_source"] == "429s"
+        assert snap["rpm"] == pytest.approx(0.9 * 6000, rel=0.05)
+        assert limiter.shared_rates() == (0.0, 0.0)
+        (await limiter.acquire()).release()
+        client = redis.Redis.from_url(redis_url)
+        assert client.hgetall(coordinator.keys.limits) == {}
+        client.close()
+    finally:
+        await coordinator.aclose()
+
+
+@pytest.mark.parametrize("headers", [True, False])
+async def test_two_processes_share_an_unknown_limit(redis_url: str, tmp_path: Path,
+                                                    headers: bool) -> None:
+    """Two `generate` processes of one distributed run, no --rpm, 6,000 RPM enforced:
+    together they serve most of the limit with few 429s, with or without headers."""
+    settings = SimSettings(rpm=RPM, latency_ms=200, jitter=0.5, seed=6, duplicate_rate=0.2,
+                           ratelimit_headers=headers)
+    async with SimulatedServer(settings) as sim:
+        done = asyncio.Event()
+        samples: list[tuple[float, int, int]] = []
+        watcher = asyncio.create_task(watch(sim, done, samples))
+        try:
+            workers = [await spawn_generate(sim.base_url, tmp_path / f"w{i}", 600, "--redis",
+                                            redis_url, "--run-id", f"share{headers}")
+                       for i in range(2)]
+            for worker in workers:
+                _, stderr = await asyncio.wait_for(worker.communicate(), 300)
+                assert worker.returncode == 0, stderr.decode()
+        finally:
+            done.set()
+            await watcher
+    got = shares(samples)
+    assert got.served >= 0.8, got
+    assert got.rate_limited <= 0.05, got

@@ -134,14 +134,13 @@ async def test_timeout_on_hang(make_sim: SimFactory) -> None:
     sim = await make_sim(hang_rate=1.0)
     retry = RetrySettings(max_attempts=2, backoff_base_s=0.01, backoff_cap_s=0.02,
                           request_timeout_s=0.3)
-    t0 = time.perf_counter()
     async with client_for(sim, retry=retry) as client:
         with pytest.raises(RetriesExhausted) as info:
             await client.complete("hello", max_tokens=10)
         snap = client.snapshot()
     assert isinstance(info.value.last, RequestTimeout)
-    assert 0.55 < time.perf_counter() - t0 < 2.0
-    assert snap["attempts_by_outcome"] == {"timeout": 2}
+    assert snap["attempts_by_outcome"] == {"timeout": 2}  # each hang ended by the timeout
+    assert sim.stats()["requests"] == 2
     # some hangs, generous attempts: the call gets through
     sim.update(hang_rate=0.5)
     retry = RetrySettings(max_attempts=10, backoff_base_s=0.01, backoff_cap_s=0.02,
@@ -156,15 +155,14 @@ async def test_429_retry_after_pauses_the_limiter(make_sim: SimFactory) -> None:
     # asking for ~1 s; the client pauses (all senders) and then succeeds.
     sim = await make_sim(rpm=60, burst_seconds=1.0)
     async with client_for(sim) as client:
-        t0 = time.perf_counter()
         results = await asyncio.gather(*(client.complete(f"p{i}", max_tokens=5) for i in range(2)))
-        elapsed = time.perf_counter() - t0
         snap = client.snapshot()
     assert all(r.text for r in results)
     assert sorted(r.attempts for r in results) == [1, 2]
-    assert elapsed >= 0.9  # waited for Retry-After, not a 10 ms backoff
     stats = sim.stats()
-    assert stats["by_status"] == {"200": 2, "429": 1}  # no hammering while paused
+    # One 429 only: a retry after a short backoff instead of the server's Retry-After
+    # (~1 s at 60 rpm) would have met a second one.
+    assert stats["by_status"] == {"200": 2, "429": 1}
     assert snap["rate_limited"] == 1 and snap["limiter"]["rate_limited"] == 1
     assert snap["retries"] == {"rate_limited": 1}
 
@@ -234,11 +232,9 @@ async def test_staying_under_server_limits_gives_no_429(make_sim: SimFactory) ->
     sim = await make_sim(rpm=600, tpm=60_000, latency_ms=5.0)
     limiter = LimiterSettings(rpm=540, tpm=54_000, max_in_flight=32)
     async with client_for(sim, limiter=limiter) as client:
-        t0 = time.perf_counter()
         results = await asyncio.gather(*(client.complete(f"prompt {i}", max_tokens=40)
                                          for i in range(20)))
-        elapsed = time.perf_counter() - t0
-    assert len(results) == 20 and elapsed < 4.0
+    assert len(results) == 20 and all(r.text for r in results)
     assert sim.stats()["by_status"] == {"200": 20}
 
 

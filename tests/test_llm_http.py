@@ -17,6 +17,7 @@ import pytest
 from service.errors import ConnectionFailed, RetriesExhausted
 from service.llm import ClientSettings, LimiterSettings, LLMClient, RetrySettings
 from service.llm.http import HTTPPool, ProtocolError, ServerDisconnected, supports
+from tests.helpers import read_http_request
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,13 +45,7 @@ class Raw:
             self.handlers.add(task)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
+                head, body = await read_http_request(reader)
                 i = len(self.requests)
                 self.requests.append((conn, head, body))
                 reply = self.replies[min(i, len(self.replies) - 1)]

@@ -177,3 +177,14 @@ async def test_run_json_and_progress_show_cached_share_per_stage(tmp_path: Path)
                        usage={**run["usage"], "total_tokens": tokens["total"]})
     assert "(cached " in line
     assert verify_run(out).ok
+
+
+def test_end_of_run_report_shows_the_cached_share(tmp_path: Path) -> None:
+    from service.commands.generate import usage_line
+    from service.rundir.store import write_json_atomic
+
+    write_json_atomic(tmp_path / "run.json", {"usage": {
+        "tokens": {"total": 3000, "prompt": 2000, "completion": 1000, "cached_share": 0.25},
+        "cost_usd": 0.5}})
+    line = usage_line(tmp_path)
+    assert "25% of it cached" in line and "3,000" in line and "$0.5000" in line

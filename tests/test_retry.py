@@ -13,8 +13,10 @@ import pytest
 from service.errors import (
     BadResponse,
     ClientRequestError,
+    ClientSetupError,
     ConnectionFailed,
     ContextLengthError,
+    EndpointUnavailable,
     LLMError,
     RateLimitError,
     RetriesExhausted,
@@ -162,6 +164,8 @@ def test_should_retry(attempt: int, max_attempts: int, remaining_s: float | None
         (BadResponse("not json"), False),
         (RetriesExhausted("gave up", ServerError("boom", 500), 6), False),
         (LLMError("other"), False),
+        (ClientSetupError("a key with a newline"), True),
+        (EndpointUnavailable("down for 300 s", 300.0, 40), True),
     ],
 )
 def test_which_errors_end_a_run(error: LLMError, fatal: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from service.llm.loop import install_uvloop
+from service.simulator.batch import BatchSimSettings
 from service.simulator.server import SimulatedServer
 from service.simulator.settings import SimSettings
 
@@ -55,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-slowdown", type=float, metavar="F", default=d.batch_slowdown, help=f"with --capacity: a full batch is 1+F times slower than one request (default {d.batch_slowdown:g})")
     parser.add_argument("--queue-limit", type=int, metavar="N", help="with --capacity: answer 503 when N requests already wait (default: no limit)")
     parser.add_argument("--no-ratelimit-headers", dest="ratelimit_headers", action="store_false", help="send no x-ratelimit-* headers: a 429 with Retry-After is the only sign of the limits")
+    b = BatchSimSettings()
+    parser.add_argument("--batch-api-turnaround", type=float, metavar="S", default=b.turnaround_s, help=f"Batch API (/v1/batches): seconds from creating a batch to its end (default {b.turnaround_s:g})")
+    parser.add_argument("--batch-api-failure-rate", type=float, metavar="F", default=0.0, help="Batch API: share of lines answered with a 500 in the error file")
+    parser.add_argument("--batch-api-expire-rate", type=float, metavar="F", default=0.0, help="Batch API: share of batches that expire with part of their lines answered")
     parser.add_argument("--require-api-key", action="store_true", help=f"demand 'Authorization: Bearer <key>' with the key from ${API_KEY_ENV} (or $OPENAI_API_KEY)")
 
 
@@ -70,7 +75,15 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
     return SimSettings(**values)
 
 
-async def serve(settings: SimSettings) -> dict[str, Any]:
+def batch_settings_from_args(args: argparse.Namespace) -> BatchSimSettings:
+    return BatchSimSettings(
+        turnaround_s=getattr(args, "batch_api_turnaround", BatchSimSettings.turnaround_s),
+        line_failure_rate=getattr(args, "batch_api_failure_rate", 0.0),
+        expire_rate=getattr(args, "batch_api_expire_rate", 0.0),
+        seed=getattr(args, "seed", 0) or 0)
+
+
+async def serve(settings: SimSettings, batch: BatchSimSettings | None = None) -> dict[str, Any]:
     """Serve until SIGINT/SIGTERM; return the final stats."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,7 +95,7 @@ async def serve(settings: SimSettings) -> dict[str, Any]:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     try:
-        async with SimulatedServer(settings) as sim:
+        async with SimulatedServer(settings, batch=batch) as sim:
             print(sim.base_url, flush=True)
             print(f"simulated endpoint ready at {sim.base_url} (model {settings.model!r}); "
                   "Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -96,12 +109,13 @@ async def serve(settings: SimSettings) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        batch = batch_settings_from_args(args)
     except (ValueError, TypeError) as exc:
         print(f"selfinstruct simulate: error: {exc}", file=sys.stderr)
         return 2
     install_uvloop()
     try:
-        stats = asyncio.run(serve(settings))
+        stats = asyncio.run(serve(settings, batch))
     except OSError as exc:
         print(f"selfinstruct simulate: error: cannot listen on {settings.host}:{settings.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import signal
 import time
 from collections import Counter
@@ -54,9 +55,12 @@ from service.generate.batch_transport import (
     submitted_age,
     write_whole,
 )
-from service.generate.filters import clean_instruction, filter_instances, instruction_rejection
+from service.generate.filters import (
+    OVER_INSTANCE_LIMIT,
+)
 from service.generate.llm_backend import DEFAULT_MODEL, prices_of
 from service.generate.plan import plan_for_run
+from service.generate.processing import rules_for
 from service.generate.records import (
     NEAR_DUPLICATE,
     TRUNCATED,
@@ -69,9 +73,8 @@ from service.generate.records import (
 )
 from service.generate.resume import seeds_for_run
 from service.generate.seams import AdmitFn, PendingTask
+from service.generate.stage_calls import TASK_KIND_EXCLUDED
 from service.generate.stages import classify as classify_stage
-from service.generate.stages import instances as instance_stage
-from service.generate.stages import instructions as instruction_stage
 from service.generate.templates import Templates, load_templates
 from service.llm.accounting import Accounting, BudgetSettings
 from service.llm.batch import (
@@ -129,7 +132,8 @@ class BatchRun:
         self.status = "running"
         self.started = time.monotonic()
         self.machine_instructions: list[str] = []
-        self.requests = BatchRequests(config, self.seeds, self.templates)
+        self.rules = rules_for(config.compat, config.filters)  # the run's compat mode
+        self.requests = BatchRequests(config, self.seeds, self.templates, self.rules)
         self.pending: dict[str, PendingTask] = {}  # admitted, not written nor dropped
         self._next_task_number = 1
         self._drain = asyncio.Event()
@@ -166,8 +170,10 @@ class BatchRun:
             task_id = str(rec["id"])
             self._next_task_number = max(self._next_task_number, _task_number(task_id) + 1)
             if task_id not in done and task_id not in dropped:
-                self.pending[task_id] = PendingTask(task_id, text,
-                                                    dict(rec.get("most_similar") or {}))
+                avg = rec.get("avg_similarity_score")
+                self.pending[task_id] = PendingTask(
+                    task_id, text, dict(rec.get("most_similar") or {}),
+                    avg_similarity=float(avg) if isinstance(avg, int | float) else None)
         self.state.resumed_pending = len(self.pending)
 
     # ------------------------------------------------------------------ control
@@ -201,15 +207,13 @@ class BatchRun:
         Each line is (journal item, endpoint, request line)."""
         view = self.journal.view
         prepared = self.journal.prepared_ids()
-        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
-        retry = sorted(cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS)
-        if retry:
-            originals = self._original_lines(retry)
-            files += split_files(originals, self.config.batch_max_requests)
+        retryable = {cid for cid in view.retry if view.attempts.get(cid, 0) < MAX_LINE_ATTEMPTS}
+        retry: list[str] = []
         new: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         rate = self._success_rate()
         # Advance only as many admitted tasks as the target needs (oldest first): extra
-        # admissions stay pending instead of paying for their classify and instances.
+        # admissions stay pending instead of paying for their classify and instances;
+        # a failed line is resubmitted only while its task is still needed.
         wanted = math.ceil(self.remaining / rate * ADVANCE_MARGIN)
         supply = 0
         for task_id in sorted(self.pending):
@@ -217,22 +221,40 @@ class BatchRun:
             if self._stuck(task_id) or supply >= wanted:
                 continue
             supply += 1
-            if task_id in view.classified:
-                if f"{task_id}-instances" not in prepared:
+            classify_id, instances_id = f"{task_id}-classify", f"{task_id}-instances"
+            if classify_id in retryable:
+                retry.append(classify_id)
+            elif instances_id in retryable:
+                retry.append(instances_id)
+            elif task_id in view.classified:
+                if instances_id not in prepared:
                     new.append(self.requests.instances_line(task, view.classified[task_id]))
-            elif f"{task_id}-classify" not in prepared:
+            elif classify_id not in prepared:
                 new.append(self.requests.classify_line(task))
         deficit = self.remaining - supply * rate
         count = 0
         if deficit > 0:
             count = math.ceil(deficit / rate / self._admitted_per_request() * SUPPLY_MARGIN)
+        count = min(count, self.config.batch_max_requests)
+        # failed instruction requests first, then new ones, up to what the round needs
+        failed_requests = sorted(cid for cid in retryable
+                                 if self._stage_of(cid) == "instructions")[:count]
+        retry += failed_requests
+        count -= len(failed_requests)
         if self.remaining and not new and not retry:
             count = max(count, 1)
-        count = min(count, self.config.batch_max_requests)
+        files: list[list[tuple[dict[str, Any], str, bytes]]] = []
+        if retry:  # resubmissions go alone, in files of their own
+            files += split_files(self._original_lines(sorted(retry)),
+                                 self.config.batch_max_requests)
         new = self.requests.instruction_lines(number, count, self.machine_instructions) + new
         files += split_files([(item, ep, request_line(item["custom_id"], ep, body))
                               for item, ep, body in new], self.config.batch_max_requests)
         return files
+
+    def _stage_of(self, custom_id: str) -> str:
+        view = self.journal.view
+        return str(view.batches[view.retry[custom_id]].items[custom_id].get("stage"))
 
     def _original_lines(self, custom_ids: Sequence[str]
                         ) -> list[tuple[dict[str, Any], str, bytes]]:
@@ -375,6 +397,8 @@ class BatchRun:
 
     async def _process_instructions(self, results: list[tuple[LineResult, dict[str, Any]]]
                                     ) -> None:
+        """As online (stage_calls.candidates_from): a cut list is dropped whole, the run's
+        compat rules split and filter the items, the pool admits them in order."""
         candidates: list[tuple[str, dict[str, Any]]] = []
         for result, item in results:
             self.state.instruction_requests += 1
@@ -388,15 +412,13 @@ class BatchRun:
                       "machine_examples": item.get("machine_examples"),
                       "classification_prompt": item.get("classification_prompt"),
                       "custom_id": result.custom_id}
-            for raw in instruction_stage.parse_instruction_items(text):
-                cleaned = clean_instruction(raw)
+            for verdict in self.rules.instruction_items(text, finish):
                 self.state.candidates_seen += 1
-                rejection = instruction_rejection(cleaned, self.config.filters)
-                if rejection is not None:
-                    reason, detail = rejection
-                    self._reject("filter", reason, cleaned, task_level=False, detail=detail)
+                if verdict.reason is not None:
+                    self._reject("filter", verdict.reason, verdict.text, task_level=False,
+                                 detail=verdict.detail)
                     continue
-                candidates.append((cleaned, source))
+                candidates.append((verdict.text, source))
         if candidates:
             loop = asyncio.get_running_loop()
             decisions = await loop.run_in_executor(self._executor, self.admit,
@@ -406,9 +428,11 @@ class BatchRun:
                     self._reject("dedup", NEAR_DUPLICATE, text, task_level=False,
                                  matched=decision.match, score=decision.score)
                     continue
-                task = PendingTask(self._new_task_id(), text, decision.most_similar)
+                task = PendingTask(self._new_task_id(), text, decision.most_similar,
+                                   avg_similarity=decision.avg_similarity)
                 self.run_dir.append(INSTRUCTIONS, instruction_record(
-                    task.id, text, decision.most_similar, decision.score, source))
+                    task.id, text, decision.most_similar, decision.score, source,
+                    decision.avg_similarity))
                 self.state.instructions_admitted += 1
                 self.machine_instructions.append(text)
                 self.pending[task.id] = task
@@ -417,29 +441,36 @@ class BatchRun:
 
     def _process_classify(self, results: list[tuple[LineResult, dict[str, Any]]]
                           ) -> dict[str, bool]:
+        """As online (stage_calls.classify): an answer that is neither Yes nor No reads
+        as No and is counted; --generation/--classification-tasks-only drop the rest."""
         classified: dict[str, bool] = {}
+        wanted = self.config.task_kinds
         for result, item in results:
             task = self.pending.get(str(item["task"]))
             if task is None:
                 continue  # finished meanwhile (an earlier run)
             text, finish = first_choice(result.body or {},
                                         self.requests.chat(str(item["stage"])))
-            answer = classify_stage.parse_classify_answer(text)
-            if answer is None and finish == "length":
-                self.state.truncated_responses += 1
-                self._reject("classify", TRUNCATED, task.instruction, task_level=True,
-                             id=task.id)
-                self._finish(task.id, written=False)
-                continue
-            if answer is None:
-                self.state.classify_unparsed += 1
-                answer = False
+            if classify_stage.parse_classify_answer(text) is None:
+                if finish == "length":
+                    self.state.truncated_responses += 1
+                else:
+                    self.state.classify_unparsed += 1
+            answer = self.rules.is_classification(text, finish)
             if answer:
                 self.state.classified_yes += 1
+            if (wanted == "generation" and answer) or (wanted == "classification"
+                                                       and not answer):
+                self._reject("classify", TASK_KIND_EXCLUDED, task.instruction,
+                             task_level=True, id=task.id)
+                self._finish(task.id, written=False)
+                continue
             classified[task.id] = answer
         return classified
 
     def _process_instances(self, results: list[tuple[LineResult, dict[str, Any]]]) -> None:
+        """As online (stage_calls.answer_task): the compat rules parse and filter, the
+        instance cap samples with a generator per task, then the task is written."""
         for result, item in results:
             task = self.pending.get(str(item["task"]))
             if task is None:
@@ -448,19 +479,15 @@ class BatchRun:
             text, finish = first_choice(result.body or {},
                                         self.requests.chat(str(item["stage"])))
             if finish == "length":
-                self.state.truncated_responses += 1
-                self._reject("instances", TRUNCATED, task.instruction, task_level=True,
-                             id=task.id)
-                self._finish(task.id, written=False)
-                continue
-            parse = instance_stage.parse_output_first if is_cls \
-                else instance_stage.parse_input_first
-            verdict = filter_instances(parse(text), self.config.filters)
-            for inst, reason in verdict.dropped:
+                self.state.truncated_responses += 1  # only its unfinished instance is lost
+            outcome = self.rules.instances(text, is_cls, finish)
+            kept, over = self.rules.cap(outcome.kept,
+                                        random.Random(f"{self.config.seed}:{task.id}"))
+            for inst, reason in [*outcome.dropped, *((i, OVER_INSTANCE_LIMIT) for i in over)]:
                 self._reject("instance_filter", reason, task.instruction, task_level=False,
                              id=task.id, instance={"input": inst.input, "output": inst.output})
-            if verdict.task_rejection is not None:
-                self._reject("instances", verdict.task_rejection, task.instruction,
+            if outcome.task_rejection is not None:
+                self._reject("instances", outcome.task_rejection, task.instruction,
                              task_level=True, id=task.id)
                 self._finish(task.id, written=False)
                 continue
@@ -468,9 +495,10 @@ class BatchRun:
                 continue  # the target is reached: leave it pending, do not overshoot
             models = {stage: self.config.stage(stage).model or self.config.model
                       or DEFAULT_MODEL for stage in ("instructions", "classify", "instances")}
+            raw = text if self.config.compat == "reference" else None
             self.run_dir.append(TASKS, task_record(task.id, task.instruction, is_cls,
-                                                   list(verdict.kept), task.most_similar,
-                                                   models))
+                                                   list(kept), task.most_similar, models,
+                                                   task.avg_similarity, raw))
             self.state.tasks_written += 1
             self._finish(task.id, written=True)
 
@@ -616,6 +644,12 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
     """Run (or resume) a batch-mode generation into ``config.out``."""
     from service.generate.orchestrator import load_seeds
 
+    if config.method != "self-instruct":
+        raise ConfigError("config key 'method': batch mode runs the self-instruct method "
+                          "(run --method alpaca online)")
+    if config.keep_raw:
+        raise ConfigError("config key 'keep_raw': batch mode keeps every raw answer already, "
+                          "in the run's batches/*.output.jsonl")
     progress = progress or Progress(quiet=config.quiet)
     seed_tasks = list(seeds) if seeds is not None else load_seeds(config)
     with RunDir.open(config.out, fsync=config.fsync) as run_dir:
@@ -631,11 +665,15 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
                     for cut in roll_back(run_dir.path, sizes):
                         progress.message(f"rolled back {cut}")
             seed_tasks = seeds_for_run(run_dir, seed_tasks)
-            seed_texts = [s.instruction for s in seed_tasks]
+            # --classification-seeds-only: the pool holds the classification seeds only
+            seed_texts = [s.instruction for s in seed_tasks
+                          if s.is_classification or not config.classification_seeds_only]
             existing = [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]
             admit = make_admit(config, seed_texts, existing)
+            templates = load_templates(config.templates) if config.templates is not None else None
             async with _transport(config, journal) as transport:
                 run = BatchRun(config, run_dir, seed_tasks, admit, transport, journal,
+                               templates=templates,
                                on_progress=lambda r: progress.update(batch_line(r)))
                 run.load_existing()
                 run.plan = plan_for_run(config, seed_tasks)

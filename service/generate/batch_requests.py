@@ -17,6 +17,7 @@ from typing import Any
 from service.config import Config
 from service.generate.backend import StagePrompt
 from service.generate.llm_backend import DEFAULT_MODEL
+from service.generate.processing import TextRules
 from service.generate.seams import PendingTask
 from service.generate.stages import classify as classify_stage
 from service.generate.stages import instances as instance_stage
@@ -29,14 +30,15 @@ from service.rundir.seeds import SeedTask
 Line = tuple[dict[str, Any], str, dict[str, Any]]
 # (journal item, endpoint, the encoded request line)
 EncodedLine = tuple[dict[str, Any], str, bytes]
-INSTANCE_STOPS = ("\nTask:", "\n\n\n")
 
 
 class BatchRequests:
     """Builds each stage's request lines from the stage modules' prompt builders."""
 
-    def __init__(self, config: Config, seeds: Sequence[SeedTask], templates: Templates) -> None:
+    def __init__(self, config: Config, seeds: Sequence[SeedTask], templates: Templates,
+                 rules: TextRules) -> None:
         self.config = config
+        self.rules = rules  # the run's compat mode: stop sequences and max_tokens
         self.seeds = list(seeds)
         self.templates = templates
         self.seed_instructions = [t.instruction for t in self.seeds]
@@ -49,12 +51,13 @@ class BatchRequests:
         return (self.config.stage(stage).api or self.config.api) == "chat"
 
     def body(self, stage: str, prompt: StagePrompt, stop: Sequence[str],
-             custom_id: str) -> tuple[str, dict[str, Any]]:
+             custom_id: str, max_tokens: int | None = None) -> tuple[str, dict[str, Any]]:
         """(endpoint, body) as the online backend would send it for one prompt."""
         sc = self.config.stage(stage)
         body: dict[str, Any] = {
             "model": sc.model or self.config.model or DEFAULT_MODEL,
-            "max_tokens": sc.max_tokens, "temperature": sc.temperature, "top_p": sc.top_p,
+            "max_tokens": sc.max_tokens if max_tokens is None else max_tokens,
+            "temperature": sc.temperature, "top_p": sc.top_p,
         }
         if sc.presence_penalty:
             body["presence_penalty"] = sc.presence_penalty
@@ -78,7 +81,8 @@ class BatchRequests:
         rng = random.Random(f"{self.config.seed}:round:{number}")
         out: list[Line] = []
         for i in range(count):
-            classification = rng.random() < self.config.classification_share
+            classification = (self.config.classification_seeds_only
+                              or rng.random() < self.config.classification_share)
             seeds = (self.classification_seeds or self.seed_instructions) if classification \
                 else self.seed_instructions
             examples, n_seed, n_machine = instruction_stage.choose_examples(
@@ -91,7 +95,7 @@ class BatchRequests:
             cid = f"r{number:06d}-i{i:06d}"
             endpoint, body = self.body(
                 "instructions", StagePrompt(prompt.text, self.templates.instructions_chat_system),
-                instruction_stage.stop_sequences(prompt.next_number), cid)
+                self.rules.instruction_stop(prompt.next_number), cid)
             item = {"custom_id": cid, "stage": "instructions", "seed_examples": n_seed,
                     "machine_examples": n_machine, "classification_prompt": classification}
             out.append((item, endpoint, body))
@@ -102,7 +106,8 @@ class BatchRequests:
         prompt = classify_stage.build_classify_prompt(self.classify_examples, task.instruction,
                                                       self.templates)
         endpoint, body = self.body(
-            "classify", StagePrompt(prompt, self.templates.classify_chat_system), ["\n"], cid)
+            "classify", StagePrompt(prompt, self.templates.classify_chat_system),
+            self.rules.classify_stop(), cid)
         return {"custom_id": cid, "stage": "classify", "task": task.id}, endpoint, body
 
     def instances_line(self, task: PendingTask, is_cls: bool) -> Line:
@@ -116,7 +121,8 @@ class BatchRequests:
                 self.input_first_examples, task.instruction, self.templates)
         endpoint, body = self.body(
             "instances", StagePrompt(prompt, self.templates.instances_chat_system),
-            INSTANCE_STOPS, cid)
+            self.rules.instance_stop(), cid,
+            self.rules.instance_max_tokens(self.config.stage("instances"), is_cls))
         item = {"custom_id": cid, "stage": "instances", "task": task.id,
                 "is_classification": is_cls}
         return item, endpoint, body

@@ -16,8 +16,6 @@ cannot share it at once; the run token keeps runs that use it one after the othe
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +32,7 @@ from service.rundir.batch_journal import (
     BatchEntry,
     BatchJournal,
 )
-from service.rundir.store import open_fd
+from service.rundir.store import atomic_file, lock_exclusive, unlock
 
 METADATA_KEY = "selfinstruct_batch"  # how a resumed run finds a batch it did not record
 DIR_LOCK = ".selfinstruct-batch.lock"
@@ -123,15 +121,12 @@ class FilesTransport:
         self.folder = folder.resolve()
         self.journal = journal
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = open_fd(self.folder / DIR_LOCK, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = lock_exclusive(self.folder / DIR_LOCK)
+        if fd is None:
             raise ConfigError(
                 f"config key 'batch_dir': {self.folder} is in use by another selfinstruct "
                 "run; give each run its own --batch-dir (or wait for the other to finish)"
-            ) from None
+            )
         self._lock_fd: int | None = fd
         self._expired: set[str] = set()
 
@@ -193,21 +188,15 @@ class FilesTransport:
 
     async def aclose(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
 
 
 def write_whole(path: Path, data: bytes) -> None:
-    """Write a file whole: a fresh temporary file (O_EXCL, never through a link someone
-    planted in a shared folder), fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
+    """Write a file whole (the run directory's atomic writer: a fresh O_EXCL temporary,
+    never through a link someone planted in a shared folder, fsync, rename)."""
+    with atomic_file(path) as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def journal_finished(journal: BatchJournal, entry: BatchEntry, status: str,

@@ -260,18 +260,19 @@ class SharedRateLimiter(RateLimiter):
         self.shared_waits = 0
 
     def shared_rates(self) -> tuple[float, float]:
-        """(rpm, tpm) of the shared bucket, 0 for none: configured, else learned here,
-        else learned by another process."""
-        rpm = self.shared.rpm or self.rpm or self._others[0]
+        """(rpm, tpm) of the shared bucket, 0 for none: configured, else announced to
+        this process, else announced to another one. (A rate found from 429s is this
+        process's own share: the local limiter paces it.)"""
+        rpm = self.shared.rpm or self.learned.rpm or self._others[0]
         tpm = self.shared.tpm or self.learned.tpm or self._others[1]
         return float(rpm or 0.0), float(tpm or 0.0)
 
     async def _exchange_limits(self) -> None:
-        learned = (float(self.rpm or 0.0), float(self.learned.tpm or 0.0))
+        learned = (float(self.learned.rpm or 0.0), float(self.learned.tpm or 0.0))
         if learned != (0.0, 0.0) and learned != self._published:
             self._published = learned
             await _shielded(self._redis.hset(self._keys.limits, mapping={
-                "rpm": learned[0], "tpm": learned[1], "source": self.rpm_source or "headers"}))
+                "rpm": learned[0], "tpm": learned[1], "source": "headers"}))
         now = asyncio.get_running_loop().time()
         if learned[0] == 0.0 and now - self._others_read_at >= LIMITS_REFRESH_S:
             self._others_read_at = now
@@ -318,11 +319,11 @@ class SharedRateLimiter(RateLimiter):
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
         rpm, tpm = self.shared_rates()
-        snap.update(rpm=rpm or None, tpm=tpm or None, shared=True,
+        snap.update(rpm=rpm or snap["rpm"], tpm=tpm or None, shared=True,
                     shared_waits=self.shared_waits)
         if self.shared.rpm:
             snap["rpm_source"] = "configured"
-        elif not self.rpm and rpm:
+        elif not self.learned.rpm and rpm:
             snap["rpm_source"] = "another process"
         return snap
 
@@ -500,7 +501,8 @@ class _Admitter:
 
     def _new_pool(self, top_k: int = 10) -> Pool:
         return Pool(self.config.threshold, inclusive=self.config.inclusive_threshold,
-                    tokenizer=self.config.tokenizer, index=self.config.dedup_index, top_k=top_k)
+                    tokenizer=self.config.tokenizer, index=self.config.dedup_index, top_k=top_k,
+                    mean_similarity=bool(top_k) and self.config.avg_similarity)
 
     def catch_up(self) -> int:
         """Apply every admission after the replica's last one, in stream order."""
@@ -546,7 +548,9 @@ class _Admitter:
                 decisions.append(DedupDecision(False, local.score, local.match, {}))
                 continue
             similar = {t: round(s, 6) for t, s in main.most_similar}
-            decisions.append(DedupDecision(True, main.score, None, similar))
+            decisions.append(DedupDecision(True, main.score, None, similar,
+                                           avg_similarity=None if main.mean_similarity is None
+                                           else round(main.mean_similarity, 6)))
             admitted.append(index)
         return decisions, admitted
 

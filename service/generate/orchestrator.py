@@ -23,7 +23,7 @@ from service.generate.admission import open_admission
 from service.generate.backend import Backend
 from service.generate.pipeline import Pipeline
 from service.generate.records import RunSummary
-from service.generate.resume import seeds_for_run
+from service.generate.resume import read_back, seeds_for_run
 from service.generate.templates import load_templates
 from service.generate.timeline import record_timeline
 from service.progress import Progress, status_line
@@ -122,6 +122,7 @@ async def run_generate(
         for repair in run_dir.repairs:
             progress.message(f"repaired {repair.describe()}")
         seeds = seeds_for_run(run_dir, seeds)
+        resumed = read_back(run_dir, distributed=coordinator is not None)
         if backend_factory is None:
             from service.generate.llm_backend import open_backend
 
@@ -139,12 +140,12 @@ async def run_generate(
             )
         else:
             admit = stack.enter_context(
-                open_admission(live_config, seed_texts, _existing_texts(run_dir))
+                open_admission(live_config, seed_texts, resumed.admitted_texts)
             )
         templates = load_templates(config.templates) if config.templates is not None else None
         pipeline = Pipeline(live_config, backend, run_dir, seeds, admit,
                             coordinator=coordinator, templates=templates)
-        pipeline.load_existing()
+        pipeline.load_existing(resumed)
         record_timeline(pipeline)
         if on_pipeline is not None:
             on_pipeline(pipeline)
@@ -196,12 +197,6 @@ async def _join_distributed(
         coordinator.aio, coordinator.keys,
     )
     return coordinator, limiter
-
-
-def _existing_texts(run_dir: RunDir) -> list[str]:
-    from service.rundir.store import INSTRUCTIONS
-
-    return [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]
 
 
 def _line(pipeline: Pipeline, start_written: int) -> str:

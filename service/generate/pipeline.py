@@ -106,10 +106,10 @@ class Pipeline:
         """Subscribe to the run's events (see :class:`.seams.PipelineObserver`)."""
         self.observers.add(observer)
 
-    def load_existing(self) -> list[str]:
-        """Read the run directory back (see :mod:`.resume`); returns the admitted texts to
-        pre-load into the dedup pool after the seeds, in admission order."""
-        back = resume.read_back(self.run_dir, distributed=self.coordinator is not None)
+    def load_existing(self, back: resume.Resumed | None = None) -> list[str]:
+        """Take up where the run directory says the run is (``back``, or read it now: see
+        :mod:`.resume`); returns the admitted texts, in admission order."""
+        back = back or resume.read_back(self.run_dir, distributed=self.coordinator is not None)
         self.state = back.state
         self._calls.state = back.state
         self.machine_instructions.extend(back.admitted_texts)
@@ -136,9 +136,7 @@ class Pipeline:
 
     @property
     def remaining(self) -> int:
-        written = self.state.tasks_written
-        if self.flow.global_written is not None:
-            written = max(written, self.flow.global_written)
+        written = max(self.state.tasks_written, self.flow.global_written or 0)
         return max(0, self.config.target - written)
 
     @property

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from service.llm.constants import (
     AIMD_DECREASE,
     AIMD_INCREASE_SHARE_PER_S,
+    AIMD_MAX_CUT,
     AIMD_MIN_RPM,
+    AIMD_MIN_SPAN_S,
     AIMD_WINDOW_S,
     DECREASE_COOLDOWN_S,
     LITTLE_EXTRA,
@@ -134,16 +136,17 @@ class AimdRate:
             served.popleft()
 
     def served_rpm(self, now: float) -> float | None:
-        """What the server actually served over the last window (None before any)."""
+        """What the server actually served over the last window; None until successes
+        span AIMD_MIN_SPAN_S (a few early answers say nothing about a rate)."""
         served = self._served
         while served and served[0] < now - self.window_s:
             served.popleft()
         if self._first_served is None:
             return None
         span = min(self.window_s, now - self._first_served)
-        if span <= 0 or not served:
+        if span < AIMD_MIN_SPAN_S:
             return None
-        return 60.0 * len(served) / max(span, 0.1)
+        return 60.0 * len(served) / span
 
     def on_rate_limited(self, now: float, latency_s: float) -> bool:
         """A 429. Returns True when it opened a new burst (the rate was cut).
@@ -154,9 +157,13 @@ class AimdRate:
         if now < self._burst_until:
             return False
         served = self.served_rpm(now)
+        if served is None and self.rpm is None:
+            return False  # too early to measure: Retry-After alone paces for now
         base = [r for r in (self.rpm, served) if r is not None]
-        current = min(base) if base else self.min_rpm
-        self.rpm = max(self.min_rpm, min(self.max_rpm, current * self.decrease))
+        cut = min(base) * self.decrease
+        if self.rpm is not None:
+            cut = max(cut, self.rpm * AIMD_MAX_CUT)  # a pause-starved window cannot sink it
+        self.rpm = max(self.min_rpm, min(self.max_rpm, cut))
         self._step_per_s = self.rpm * self.increase_share_per_s
         self._burst_until = now + max(DECREASE_COOLDOWN_S, min(latency_s, MAX_RETRY_AFTER_S))
         self.bursts += 1

@@ -88,8 +88,10 @@ class LimiterSettings:
     recovery_per_s: float = RATE_RECOVERY_PER_S
     decrease_cooldown_s: float = DECREASE_COOLDOWN_S
     in_flight: InFlightMode = "fixed"  # "rate"/"auto": max_in_flight is the upper bound
-    # False: learned rates are recorded (``rpm``, ``learned``) but not paced here; a shared
-    # limiter (one bucket for many processes) paces with them instead
+    # False: announced limits are recorded (``learned``) but not paced here; a shared
+    # limiter (one bucket for many processes) paces with them instead. A rate found from
+    # 429s is this process's share of the limit and is always paced here (N processes
+    # then share the limit as N AIMD flows do).
     pace_locally: bool = True
 
     def __post_init__(self) -> None:
@@ -262,8 +264,11 @@ class RateLimiter:
         keeping their levels: a change of limit does not grant a new burst."""
         self._advance()
         settings = self.settings
-        rpm, tpm = (self.rpm, self.learned.tpm) if settings.pace_locally else \
-            (settings.rpm, settings.tpm)
+        if settings.pace_locally:
+            rpm, tpm = self.rpm, self.learned.tpm
+        else:
+            rpm = settings.rpm or (self.aimd.rpm if self.learned.rpm is None else None)
+            tpm = settings.tpm
         burst = settings.burst_seconds
         if rpm is None:
             self._requests = None
