@@ -114,9 +114,10 @@ def main() -> None:
         "admissions and 0.5 rejections per task), each reported (`build_report`: "
         "summary.json, 6 charts, the page) in a fresh process. \"Above floor\" is the peak RSS "
         f"minus that of reporting a 10-task run ({floor['peak_mb']:.0f} MB: Python, numpy, "
-        "matplotlib). What grows is the overlap analysis's pool of admitted instruction "
-        "texts (the tasks themselves are streamed); \"load all\" is what a reader that "
-        "keeps every line of the run's files parsed in memory holds above its own floor.",
+        "matplotlib). Every file is streamed; the overlap analysis keeps its 5,000 sampled "
+        "instructions and at most 20,000 earlier ones at a time. \"Load all\" is what a "
+        "reader that keeps every line of the run's files parsed in memory holds above its "
+        "own floor.",
         table(["tasks", "run files (MB)", "report (s)", "peak RSS (MB)", "above floor (MB)",
                "load all: above floor (MB)"], rows),
     ])

@@ -159,6 +159,9 @@ class Config:
     templates: Path | None = None
     # store each call's raw completion text and request index in raw_<stage>.jsonl
     keep_raw: bool = False
+    # the reference's avg_similarity_score (mean ROUGE-L F against the whole pool) in the
+    # records; it scores every admitted instruction against every pool entry sharing a word
+    avg_similarity: bool = True
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0

@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.config import Config, FilterConfig, effective_blacklist, load_config
 from service.errors import ConfigError
@@ -173,12 +175,13 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
     args = build_parser("generate").parse_args([
         "generate", "--compat", "reference", "--max-instances", "7", "--generation-tasks-only",
         "--classification-seeds-only", "--keep-raw", "--templates", "/tmp/t.toml", "--alpaca-blacklist",
-        "--method", "alpaca",
+        "--method", "alpaca", "--no-avg-similarity",
     ])
     config, sources = config_from_args(args)
     assert (config.compat, config.filters.max_instances, config.task_kinds) == ("reference", 7, "generation")
     assert config.classification_seeds_only and config.keep_raw and config.filters.alpaca_blacklist
     assert str(config.templates) == "/tmp/t.toml" and config.method == "alpaca"
+    assert config.avg_similarity is False and Config().avg_similarity is True
     assert sources["filters.max_instances"] == "from flags"
     with pytest.raises(ConfigError, match=r"filters\.max_instances.*1 to 1000"):
         config_from_args(build_parser("generate").parse_args(["generate", "--max-instances", "0"]))
@@ -208,3 +211,29 @@ def test_verify_accepts_no_input_tasks_with_several_outputs_and_clf_seed_runs(tm
     (run / "run.json").write_text(json.dumps({"config": {"classification_seeds_only": True}}), encoding="utf-8")
     report = verify_run(run)
     assert "near_duplicates" not in report.failed_checks()  # that seed was not in the run's pool
+
+
+_PIECES = ["Output:", "Input:", "Example 1", "Example 2\n", "Class label:", "\n", " ", "Output 2:",
+           "none", ":", "Task: x", "the cat sat on the mat", "Sentence: a b c", "\n\n", "Example",
+           "\n2. ", "\n10) ", "Write a program to", "image", "Yes", "Écris", "- bullet"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=12), max_size=16),
+       st.sampled_from(["stop", "length", None]))
+def test_both_modes_hold_their_invariants_on_any_text(parts: list[str], finish: str | None) -> None:
+    text = "".join(parts)
+    for rules in (rules_for("reference"), rules_for("default")):
+        for item in kept_instructions(rules, text, finish):
+            assert 4 <= len(item.split()) <= 150 and item == " ".join(item.split())
+            assert not item[0].isspace() and item[0].isascii()
+        for is_cls in (False, True):
+            outcome = rules.instances(text, is_cls, finish)
+            pairs = [(i.input, i.output) for i in outcome.kept]
+            assert len(set(pairs)) == len(pairs)
+            for inp, out in pairs:
+                assert out and out != inp and not out.endswith(":") and not inp.endswith(":")
+            kept, over = rules.cap(outcome.kept, random.Random(0))
+            assert len(kept) == min(len(pairs), rules.max_instances) and len(kept) + len(over) == len(pairs)
+    reference = compat.reference_instances(text, False, finish)
+    assert reference == sorted(set(reference))

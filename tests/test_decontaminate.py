@@ -231,3 +231,12 @@ async def test_generate_decontaminate_rejects_while_generating(
     # the flag parses: no FILE means the bundled default set
     args = build_parser("generate").parse_args(["generate", "--decontaminate"])
     assert args.decontaminate == []
+
+
+def test_generate_decontaminate_in_batch_mode_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "--out", str(tmp_path / "run"), "--mode", "batch",
+                 "--base-url", "http://127.0.0.1:9/v1", "--decontaminate"]) == 2
+    assert "selfinstruct decontaminate RUN_DIR --drop" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -74,16 +74,20 @@ async def test_three_workers_share_target_rate_and_admission_order(
     _assert_group_is_clean(redis_url, "three")
 
 
-def _assert_group_is_clean(url: str, run_id: str) -> None:
+def _assert_group_is_clean(url: str, run_id: str, killed: int = 0) -> None:
     """After every process has exited: no consumer of any process is left in the group,
     and what is still pending (admitted, never finished: the target came first) is
-    parked for a later process, none of it finished already."""
+    parked for a later process, none of it finished already. A killed process's consumer
+    is taken over and deleted only while another process still runs (the target may be
+    reached first): up to ``killed`` may remain, holding only unfinished entries that any
+    later process claims once the lease has passed."""
     client = redis.Redis.from_url(url)
     keys = Keys(run_id)
     consumers = {c["name"].decode(): c for c in client.xinfo_consumers(keys.admissions, "workers")}
-    assert set(consumers) <= {PARKED}, sorted(consumers)
+    left = {name: c for name, c in consumers.items() if name != PARKED}
+    assert len(left) <= killed, sorted(consumers)
     pending = client.xpending_range(keys.admissions, "workers", "-", "+", 10_000)
-    assert {p["consumer"].decode() for p in pending} <= {PARKED}
+    assert {p["consumer"].decode() for p in pending} <= {PARKED, *left}
     admitted = {entry_id: f[b"task"] for entry_id, f in client.xrange(keys.admissions)}
     for entry in pending:
         assert not client.hexists(keys.done, admitted[entry["message_id"]])
@@ -126,8 +130,8 @@ async def test_kill_9_one_worker_others_finish_nothing_lost(redis_url: str,
     assert len(set(local)) == len(local) and set(local) <= gathered
     assert len(survivors) >= target - len(victim_ids) - 256  # at most its in-flight cap
     client.close()
-    # The victim's consumer was deleted once its entries were taken over.
-    _assert_group_is_clean(redis_url, "kill")
+    # Nothing the victim held was finished twice or lost.
+    _assert_group_is_clean(redis_url, "kill", killed=1)
 
 
 def test_concurrent_admitters_keep_one_order(redis_url: str) -> None:

@@ -224,3 +224,19 @@ def test_command_line_with_a_key_from_the_environment(tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+def test_sheet_embeds_hostile_text_as_data(tmp_path: Path) -> None:
+    hostile = "</script><script>alert(1)</script><!-- & <b>bold</b>"
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "eval.json").write_text('{"model": "m"}')
+    (out / "predictions.jsonl").write_bytes(orjson.dumps(
+        {"id": "t1", "instance": 0, "instruction": hostile, "input": hostile,
+         "target": "", "response": hostile}) + b"\n")
+    sheet = write_sheet(load_sources([out], TASKS), tmp_path / "p.html")
+    page = sheet.page.read_text()
+    assert "<script>alert(1)" not in page and "<b>bold" not in page
+    block = page.split('<script type="application/json" id="sheet-data">', 1)[1].split("</script>", 1)[0]
+    data = orjson.loads(block)
+    assert data["items"][0]["response"] == hostile and data["items"][0]["instruction"] == hostile

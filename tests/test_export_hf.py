@@ -65,6 +65,10 @@ async def test_hf_folder_loads_with_datasets_and_card_says_how(
     assert f"| `seed` | {config['seed']} |" in text
     assert f"| `target` | {config['target']} |" in text
     assert "| model, instances stage | `sim` |" in text
+    by_stage = run_json["usage"]["tokens"]["by_stage"]["instances"]
+    assert (f"| instances | `sim` | {by_stage['requests']} | {by_stage['prompt']} | "
+            f"{by_stage['completion']} |") in text
+    assert "compatibility mode (`--compat`): default" in text
     assert hashlib.sha256((run / SEEDS).read_bytes()).hexdigest() in text
     assert hashlib.sha256(DEFAULT_TEMPLATES.read_bytes()).hexdigest() in text
     assert f"| finished tasks | {len(tasks):,} |" in text

@@ -67,6 +67,7 @@ def test_reference_export_through_the_cli(tmp_path: Path) -> None:
     assert "Seed task 2" in prompts and "Sentence: review" in prompts
     assert any("review number" in r["prompt"] and "Sentence:" not in r["prompt"] for r in records)
     assert main([*base, "--format", "alpaca", "--out", str(c)]) == 2
+    assert main([*base, "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
 
 
 def test_input_rewrite_rules() -> None:

@@ -162,3 +162,18 @@ def test_default_mode_differs_only_by_named_improvements(capsys: pytest.CaptureF
     lost = sum(d.lost for case in instance_diffs for d in case)
     gained = sum(not d.lost for case in instance_diffs for d in case)
     assert gained >= lost
+
+
+def test_every_named_improvement_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Fidelity to the method", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in IMPROVEMENTS if f"`{name}`" not in section]
+    assert missing == []
+
+
+def test_parse_command_alpaca_stage_checks_its_number(tmp_path: Path) -> None:
+    source = tmp_path / "raw.jsonl"
+    source.write_text('{"text": " Write a haiku.", "finish_reason": "stop", "next_number": "4"}\n',
+                      encoding="utf-8")
+    done = _run_parse("--stage", "alpaca", "--in", str(source), "--out", str(tmp_path / "o.jsonl"))
+    assert done.returncode == 2 and f"{source}:1: field 'next_number': expected int" in done.stderr

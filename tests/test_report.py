@@ -18,7 +18,7 @@ from service.cli import main
 from service.errors import RunDirError
 from service.generate.orchestrator import run_generate
 from service.report.page import build_report
-from service.report.summary import ReportOptions, summarize
+from service.report.summary import ReportOptions, overlap, summarize
 from service.rundir.store import INSTRUCTIONS, REJECTED, RUN_JSON, SEEDS, TASKS
 from service.simulator import SimulatedServer
 from tests.conftest import make_config
@@ -65,7 +65,9 @@ def test_every_number_is_counted_from_the_files(run_dir: Path, tmp_path: Path) -
     for r in rejected:
         by_stage_reason.setdefault(r["stage"], Counter())[r["reason"]] += 1
     assert summary["rejections"]["by_stage_reason"] == {k: dict(v) for k, v in by_stage_reason.items()}
-    before_admission = sum(1 for r in rejected if r["stage"] in {"filter", "instructions", "dedup"})
+    before_admission = sum(1 for r in rejected if "id" not in r)
+    assert counts["rejected_instances"] == sum(1 for r in rejected if "id" in r and not r.get("task_level"))
+    assert counts["rejected_instances"] == sum(1 for r in rejected if r["stage"] == "instance_filter")
     funnel = {step["step"]: step["count"] for step in summary["funnel"]}
     assert funnel["candidate instructions"] == len(admitted) + before_admission
     # cross-check against the run's own counter: the files account for every candidate
@@ -115,6 +117,11 @@ def test_every_number_is_counted_from_the_files(run_dir: Path, tmp_path: Path) -
     assert summary["overlap"]["sampled"] == len(texts)
     assert summary["overlap"]["seed"]["counts"] == histogram(to_seed)
     assert summary["overlap"]["earlier"]["counts"] == histogram(to_earlier)
+    # in chunks (flat memory): the same numbers, however the earlier ones are split
+    for chunk in (1, 7, 50):
+        chunked = overlap(run_dir, {}, 10_000, chunk=chunk)
+        assert chunked["earlier"] == summary["overlap"]["earlier"]
+        assert chunked["seed"] == summary["overlap"]["seed"]
     assert summary["overlap"]["earlier"]["max"] == pytest.approx(max(to_earlier), abs=1e-4)
     assert max(to_earlier) <= 0.7  # the run's own threshold held
 
@@ -128,6 +135,8 @@ def test_every_number_is_counted_from_the_files(run_dir: Path, tmp_path: Path) -
     usage = summary["usage"]
     assert usage["total_tokens"] == run_json["usage"]["tokens"]["total"]
     assert usage["by_model"] == run_json["usage"]["tokens"]["by_model"]
+    assert usage["by_stage"] == run_json["usage"]["tokens"]["by_stage"]
+    assert set(usage["by_stage"]) == {"instructions", "classify", "instances"}
     assert summary["decontamination"]["rejected_contamination"] == 0
 
 
@@ -264,3 +273,28 @@ def test_a_run_still_writing_is_reported_without_its_torn_last_line(run_dir: Pat
         fh.write(b'{"id": "task_999999", "instruction": "half a li')
     summary = summarize(run_dir)
     assert summary["counts"]["tasks"] == 120
+
+
+@pytest.mark.parametrize("flags", [
+    {"method": "alpaca"},
+    {"compat": "reference", "task_kinds": "generation"},
+])
+async def test_the_funnel_accounts_for_every_candidate_in_other_modes(
+    make_sim: Any, tmp_path: Path, flags: dict[str, Any]
+) -> None:
+    """Other methods and modes reject at other stages; candidates lost before admission
+    (no task id) and the admitted ones still add up to the run's own candidate counter."""
+    from tests.conftest import SHARED_DATA
+
+    sim = await make_sim(seed=9, bad_item_rate=0.1, duplicate_rate=0.1)
+    out = tmp_path / "run"
+    await run_generate(make_config(out, sim.base_url, target=30,
+                                   seed_tasks=SHARED_DATA / "seed_tasks.jsonl", **flags),
+                       install_signal_handlers=False)
+    summary = summarize(out)
+    run_json = orjson.loads((out / RUN_JSON).read_bytes())
+    funnel = {step["step"]: step for step in summary["funnel"]}
+    assert funnel["candidate instructions"]["count"] == run_json["counters"]["candidates_seen"]
+    assert funnel["finished tasks"]["count"] == 30
+    rejected = rows(out / REJECTED)
+    assert funnel["admitted instructions"]["lost"] == sum(1 for r in rejected if r.get("task_level"))

@@ -50,6 +50,7 @@ GENERATE_FLAGS: dict[str, str] = {
     "classification_seeds_only": "classification_seeds_only",
     "templates": "templates",
     "keep_raw": "keep_raw",
+    "avg_similarity": "avg_similarity",
     "mode": "mode",
     "batch_backend": "batch_backend",
     "batch_dir": "batch_dir",
@@ -102,6 +103,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     kinds.add_argument("--classification-tasks-only", dest="task_kinds", action="store_const", const="classification", help="write instances for classification tasks only")
     method.add_argument("--classification-seeds-only", action="store_const", const=True, default=None, help="prompt with (and dedup against) the classification seed tasks only, as the reference's --use_clf_seed_tasks_only")
     method.add_argument("--templates", metavar="FILE", help="prompt templates file (selfinstruct templates import)")
+    method.add_argument("--no-avg-similarity", dest="avg_similarity", action="store_const", const=False, default=None, help="leave out avg_similarity_score (saves scoring each admitted instruction against the whole pool)")
     method.add_argument("--keep-raw", action="store_const", const=True, default=None, help="store each call's raw completion and request index in raw_<stage>.jsonl (re-parse with selfinstruct parse)")
     parser.add_argument("--mode", choices=["online", "batch"], help="online calls, or rounds of Batch API files (half the price, hours not minutes)")
     parser.add_argument("--batch-backend", choices=["openai", "files"], help="batch mode: the endpoint's Batch API, or request/output files in --batch-dir")

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out: Path | None = args.out
     if args.format == HF:
+        if args.compat == "reference":
+            raise ConfigError(f"--compat reference writes the prompt-completion format, not {HF}")
         return _export_hf(args, out)
     if out is not None and out.is_dir():
         raise InputError(str(out), None, None, "is a directory; --out takes a file name")

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     install_uvloop()
     on_pipeline = None
     if args.decontaminate is not None and config.mode == "batch":
-        raise ConfigError("--decontaminate checks tasks as an online run writes them; for a "
-                          "batch run, use `selfinstruct decontaminate` on its run directory")
+        raise ConfigError("--decontaminate checks each task as the online pipeline writes it; "
+                          "with --mode batch run `selfinstruct decontaminate RUN_DIR --drop` "
+                          "after the run (then resume it to refill the target)")
     if args.decontaminate is not None:
         from service.decontam.check import build_index, decontaminate_while_generating
         from service.decontam.evalsets import DEFAULT_EVAL_SET

@@ -5,7 +5,10 @@ Input lines are shaped like the reference's golden cases (``/work/shared/referen
 ``"is_classification"`` for the instance stage; other fields are carried through. Each
 line is written back with its result filled in: ``kept`` (the instructions kept, in
 order, before the ROUGE-L filter) or ``instances`` (sorted ``[input, output]`` pairs,
-before the random cap). Raw files from ``generate --keep-raw`` have this shape.
+before the random cap). Raw files from ``generate --keep-raw`` have this shape, and two
+more stages read theirs: ``classify`` (``{"text"}`` -> ``is_classification``) and
+``alpaca`` (``{"text", "finish_reason", "next_number"}`` -> ``tasks``: the kept
+``[instruction, input, output]`` triples, in order).
 
 The output is written to a temporary file and renamed into place, so a bad line stops
 the command without touching an existing output file.
@@ -21,13 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service.config import Config, load_config
+from service.config import Config, FilterConfig, load_config
 from service.errors import InputError
 from service.generate.compat import COMPAT_MODES
 from service.generate.processing import TextRules, kept_instructions, rules_for
+from service.generate.stages.alpaca import alpaca_filter_config, parse_alpaca
 
-STAGES = ("instructions", "instances")
+STAGES = ("instructions", "instances", "classify", "alpaca")
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one completion; far above any max_tokens
+MAX_LIST_NUMBER = 1_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,13 +75,24 @@ def _field(record: dict[str, Any], name: str, kind: type, where: tuple[str, int]
     return value
 
 
-def parse_record(record: dict[str, Any], stage: str, rules: TextRules, where: tuple[str, int]) -> dict[str, Any]:
+def parse_record(record: dict[str, Any], stage: str, rules: TextRules, where: tuple[str, int],
+                 filters: FilterConfig | None = None) -> dict[str, Any]:
     """The record with its result field filled in (a new dict; key order kept)."""
     text = _field(record, "text", str, where)
     finish = _field(record, "finish_reason", str, where, required=False)
     out = dict(record)
     if stage == "instructions":
         out["kept"] = kept_instructions(rules, text, finish)
+        return out
+    if stage == "classify":
+        out["is_classification"] = rules.is_classification(text, finish)
+        return out
+    if stage == "alpaca":
+        number = _field(record, "next_number", int, where)
+        if isinstance(number, bool) or not 1 <= number <= MAX_LIST_NUMBER:
+            raise InputError(where[0], where[1], "next_number", f"expected 1 to {MAX_LIST_NUMBER}")
+        items = parse_alpaca(text, number, finish, alpaca_filter_config(filters or FilterConfig()))
+        out["tasks"] = [[i.instruction, i.input, i.output] for i in items if i.reason is None]
         return out
     is_cls = _field(record, "is_classification", bool, where)
     _field(record, "instruction", str, where, required=False)
@@ -85,7 +101,8 @@ def parse_record(record: dict[str, Any], stage: str, rules: TextRules, where: tu
     return out
 
 
-def parse_file(source: Path, target: Path, stage: str, rules: TextRules) -> int:
+def parse_file(source: Path, target: Path, stage: str, rules: TextRules,
+               filters: FilterConfig | None = None) -> int:
     """Parse every line of ``source`` into ``target``; returns the number of lines."""
     partial = target.with_name(target.name + ".partial")
     count = 0
@@ -101,7 +118,7 @@ def parse_file(source: Path, target: Path, stage: str, rules: TextRules) -> int:
                     raise InputError(where[0], number, None, f"not a JSON object ({exc})") from None
                 if not isinstance(record, dict):
                     raise InputError(where[0], number, None, "expected a JSON object")
-                result = parse_record(record, stage, rules, where)
+                result = parse_record(record, stage, rules, where, filters)
                 sink.write(json.dumps(result, ensure_ascii=False) + "\n")
                 count += 1
         os.replace(partial, target)
@@ -116,6 +133,6 @@ def run(args: argparse.Namespace) -> int:
     flags = {"compat": args.compat}
     config, _ = load_config(flags, config_file=args.config)
     rules = rules_for(config.compat, config.filters)
-    count = parse_file(args.source, args.out, args.stage, rules)
+    count = parse_file(args.source, args.out, args.stage, rules, config.filters)
     print(f"parsed {count:,} {args.stage} lines ({config.compat} mode) into {args.out}", file=sys.stderr)
     return 0

@@ -41,11 +41,12 @@ class PoolSettings:
     inclusive: bool
     tokenizer: TokenizerName
     index: IndexName
+    mean_similarity: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
         return cls(config.threshold, config.inclusive_threshold, config.tokenizer,
-                   config.dedup_index)
+                   config.dedup_index, config.avg_similarity)
 
 
 def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequence[str]) -> Pool:
@@ -59,7 +60,8 @@ def _build(settings: PoolSettings, seed_texts: Sequence[str], admitted_texts: Se
         tokenizer=settings.tokenizer,
         index=settings.index,
         top_k=_TOP_K,
-        mean_similarity=True,  # avg_similarity_score in the records, as the reference writes
+        # avg_similarity_score in the records, as the reference writes (scores the pool)
+        mean_similarity=settings.mean_similarity,
     )
     pool.preload(list(seed_texts))
     # Already-admitted instructions passed the filter when they were admitted; re-adding

@@ -665,11 +665,15 @@ async def run_batch_generate(config: Config, *, progress: Progress | None = None
                     for cut in roll_back(run_dir.path, sizes):
                         progress.message(f"rolled back {cut}")
             seed_tasks = seeds_for_run(run_dir, seed_tasks)
-            seed_texts = [s.instruction for s in seed_tasks]
+            # --classification-seeds-only: the pool holds the classification seeds only
+            seed_texts = [s.instruction for s in seed_tasks
+                          if s.is_classification or not config.classification_seeds_only]
             existing = [str(r["instruction"]) for r in run_dir.records(INSTRUCTIONS)]
             admit = make_admit(config, seed_texts, existing)
+            templates = load_templates(config.templates) if config.templates is not None else None
             async with _transport(config, journal) as transport:
                 run = BatchRun(config, run_dir, seed_tasks, admit, transport, journal,
+                               templates=templates,
                                on_progress=lambda r: progress.update(batch_line(r)))
                 run.load_existing()
                 run.plan = plan_for_run(config, seed_tasks)

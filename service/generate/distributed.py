@@ -501,7 +501,8 @@ class _Admitter:
 
     def _new_pool(self, top_k: int = 10) -> Pool:
         return Pool(self.config.threshold, inclusive=self.config.inclusive_threshold,
-                    tokenizer=self.config.tokenizer, index=self.config.dedup_index, top_k=top_k)
+                    tokenizer=self.config.tokenizer, index=self.config.dedup_index, top_k=top_k,
+                    mean_similarity=bool(top_k) and self.config.avg_similarity)
 
     def catch_up(self) -> int:
         """Apply every admission after the replica's last one, in stream order."""
@@ -547,7 +548,9 @@ class _Admitter:
                 decisions.append(DedupDecision(False, local.score, local.match, {}))
                 continue
             similar = {t: round(s, 6) for t, s in main.most_similar}
-            decisions.append(DedupDecision(True, main.score, None, similar))
+            decisions.append(DedupDecision(True, main.score, None, similar,
+                                           avg_similarity=None if main.mean_similarity is None
+                                           else round(main.mean_similarity, 6)))
             admitted.append(index)
         return decisions, admitted
 

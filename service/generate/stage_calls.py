@@ -10,6 +10,7 @@ call (:mod:`.stages.alpaca`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -105,9 +106,9 @@ class StageCalls:
             out.append((StagePrompt(prompt.text, self.templates.alpaca_chat_system), prompt))
         sampling = self.sampling("instructions", alpaca_stage.stop_sequences(),
                                  max_tokens=alpaca_stage.MAX_TOKENS)
-        sampling = Sampling(temperature=alpaca_stage.TEMPERATURE, top_p=alpaca_stage.TOP_P,
-                            max_tokens=sampling.max_tokens, stop=sampling.stop, seed=sampling.seed)
-        return out, sampling
+        return out, dataclasses.replace(
+            sampling, temperature=alpaca_stage.TEMPERATURE, top_p=alpaca_stage.TOP_P,
+            presence_penalty=0.0, frequency_penalty=0.0)
 
     def instruction_prompts(
         self, count: int, machine_instructions: list[str]

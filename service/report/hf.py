@@ -34,10 +34,17 @@ CARD_PLOTS = ("funnel", "overlap", "lengths", "verbs")
 DEFAULT_TEMPLATES = PROMPTS_DIR / "templates.toml"
 # Settings shown on the card: what shapes the data, never endpoints or paths.
 CARD_SETTINGS = (
-    "model", "api", "compat", "method", "target", "seed", "threshold", "inclusive_threshold",
-    "tokenizer", "dedup_index", "num_prompt_instructions", "num_machine_instructions",
-    "prompts_per_request", "classification_share", "max_instances",
+    "model", "api", "compat", "method", "mode", "task_kinds", "classification_seeds_only",
+    "target", "seed", "threshold", "inclusive_threshold", "tokenizer", "dedup_index",
+    "num_prompt_instructions", "num_machine_instructions", "prompts_per_request",
+    "classification_share", "max_instances",
 )
+
+
+_COMPAT_MEANING = {
+    "default": "the project's decisions on model text",
+    "reference": "the reference code's decisions on model text, exactly",
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def render_card(summary: Mapping[str, Any], run_json: Mapping[str, Any], records
     config = run_json.get("config") if isinstance(run_json.get("config"), dict) else {}
     assert isinstance(config, dict)
     counts, usage, tasks = summary["counts"], summary["usage"], summary["tasks"]
-    compat = config.get("compat") or "none (the project's own prompts and filters)"
+    compat = config.get("compat") or "default"
     lines = [
         "---",
         "# license: set your data's license (it depends on the generating model's terms and",
@@ -128,7 +135,8 @@ def render_card(summary: Mapping[str, Any], run_json: Mapping[str, Any], records
         "",
         "| | |",
         "|---|---|",
-        f"| method | Self-Instruct; compatibility mode (`--compat`): {_md(compat)} |",
+        f"| method | {_md(config.get('method') or 'self-instruct')}; compatibility mode "
+        f"(`--compat`): {_md(compat)} ({_COMPAT_MEANING.get(str(compat), 'see the README')}) |",
         f"| selfinstruct version | {_md(run_json.get('version'))} |",
         f"| run status | {_md(run_json.get('status'))} |",
         f"| templates | `{_md(templates.name)}` sha256 `{_md(templates_hash)}` |",
@@ -180,6 +188,15 @@ def render_card(summary: Mapping[str, Any], run_json: Mapping[str, Any], records
         if isinstance(data, dict):
             lines.append(f"| `{_md(model)}` | {_md(data.get('requests'))} | "
                          f"{_md(data.get('prompt'))} | {_md(data.get('completion'))} |")
+    by_stage = usage["by_stage"] if isinstance(usage["by_stage"], dict) else {}
+    if by_stage:
+        lines += ["", "| stage | model | requests | prompt tokens | completion tokens |",
+                  "|---|---|---|---|---|"]
+        for stage, data in by_stage.items():
+            if isinstance(data, dict):
+                lines.append(f"| {_md(stage)} | `{_md(usage['stage_models'].get(stage))}` | "
+                             f"{_md(data.get('requests'))} | {_md(data.get('prompt'))} | "
+                             f"{_md(data.get('completion'))} |")
     lines += ["", "## Plots", ""]
     for plot in plots:
         lines.append(f"![{plot}](images/{plot}.png)")

@@ -76,6 +76,11 @@ def decontamination_sentence(last: Mapping[str, Any], rejected: int) -> str:
             f"contaminated, {last.get('dropped', 0):,} dropped.")
 
 
+def _obj_get(data: Mapping[str, Any], key: str, field: str) -> Any:
+    entry = data.get(key)
+    return entry.get(field) if isinstance(entry, dict) else None
+
+
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share:.1%}"
 
@@ -173,12 +178,18 @@ def render_html(summary: Mapping[str, Any], charts: Mapping[str, bytes]) -> str:
                         [[tp["elapsed_s"], tp["tasks_per_min_overall"]]], {0, 1}))
 
     parts.append("<h2>Tokens and cost</h2>")
-    parts.append(_img(charts.get("tokens"), "tokens by model"))
+    parts.append(_img(charts.get("tokens"), "tokens by model and by stage"))
     model_rows = [[m, d.get("requests"), d.get("prompt"), d.get("completion"), d.get("cost_usd")]
                   for m, d in usage["by_model"].items() if isinstance(d, dict)]
     parts.append(_table(["model", "requests", "prompt tokens", "completion tokens", "cost (USD)"],
                         model_rows, {1, 2, 3, 4}))
-    parts.append(_table(["stage", "model"], [[s, m] for s, m in usage["stage_models"].items()]))
+    by_stage = usage["by_stage"] if isinstance(usage["by_stage"], dict) else {}
+    parts.append(_table(
+        ["stage", "model", "requests", "prompt tokens", "cached prompt tokens",
+         "completion tokens"],
+        [[stage, model, _obj_get(by_stage, stage, "requests"), _obj_get(by_stage, stage, "prompt"),
+          _obj_get(by_stage, stage, "cached"), _obj_get(by_stage, stage, "completion")]
+         for stage, model in usage["stage_models"].items()], {2, 3, 4, 5}))
 
     parts.append("<h2>Slowest and most rejected</h2>")
     latency = usage["latency_s"] if isinstance(usage["latency_s"], dict) else {}

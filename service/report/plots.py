@@ -125,16 +125,22 @@ def throughput(summary: Mapping[str, Any]) -> bytes | None:
 
 
 def tokens(summary: Mapping[str, Any]) -> bytes | None:
-    by_model: Mapping[str, Mapping[str, Any]] = summary["usage"]["by_model"]
-    if not by_model:
+    """Prompt and completion tokens by model, and by stage when the run recorded it."""
+    groups = [(title, data) for title, data in (("by model", summary["usage"]["by_model"]),
+                                                ("by stage", summary["usage"]["by_stage"]))
+              if isinstance(data, Mapping) and data]
+    if not groups:
         return None
-    names = list(by_model)
-    prompt = [float(by_model[m].get("prompt", 0) or 0) for m in names]
-    completion = [float(by_model[m].get("completion", 0) or 0) for m in names]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-    ax.barh(names, prompt, label="prompt", color="#4c72b0")
-    ax.barh(names, completion, left=prompt, label="completion", color="#dd8452")
-    ax.set_xlabel("tokens")
-    ax.set_title("Tokens by model")
-    ax.legend()
+    rows = max(len(data) for _, data in groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 0.5 * rows + 1.6),
+                             squeeze=False)
+    for ax, (title, data) in zip(axes[0], groups, strict=True):
+        names = list(data)
+        prompt = [float(data[m].get("prompt", 0) or 0) for m in names]
+        completion = [float(data[m].get("completion", 0) or 0) for m in names]
+        ax.barh(names, prompt, label="prompt", color="#4c72b0")
+        ax.barh(names, completion, left=prompt, label="completion", color="#dd8452")
+        ax.set_xlabel("tokens")
+        ax.set_title(f"Tokens {title}")
+        ax.legend()
     return _png(fig)

@@ -40,6 +40,7 @@ SUMMARY_VERSION = 1
 LENGTH_CAP = 2_000  # words; longer texts count in the last bucket
 OVERLAP_BINS = 20
 DEFAULT_OVERLAP_SAMPLE = 5_000
+OVERLAP_CHUNK = 20_000  # earlier instructions held at once by the overlap analysis
 DEFAULT_TOP = 20
 # Pools for the overlap analysis only need the exact top-1 score: a threshold of 1.0 keeps
 # the admission index's prefixes one token long (the top-1 comes from the full index).
@@ -48,8 +49,6 @@ EXAMPLE_CHARS = 300
 MAX_TIMELINE_POINTS = 100_000
 MAX_LABELS = 200
 LABEL_CHARS = 80
-# rejected.jsonl stages that lose an admitted task or an instance, not a candidate
-_TASK_STAGES = frozenset({"classify", "instances", "instance_filter", "decontaminate"})
 
 
 @dataclass(frozen=True)
@@ -143,9 +142,17 @@ def _threshold(config: Mapping[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) and 0 < value <= 1 else 0.7
 
 
-def overlap(root: Path, config: Mapping[str, Any], sample: int) -> dict[str, Any]:
+def overlap(root: Path, config: Mapping[str, Any], sample: int,
+            chunk: int = OVERLAP_CHUNK) -> dict[str, Any]:
     """ROUGE-L of admitted instructions to their most similar seed and most similar
-    earlier admitted instruction (the paper's Figure 3), for an even sample of them."""
+    earlier admitted instruction (the paper's Figure 3), for an even sample of them.
+
+    Memory stays flat with run size: the sampled texts are kept (at most ``sample``), and
+    the earlier instructions go through a pool of at most ``chunk`` entries. When a chunk
+    is full, every later sampled instruction is scored against it, then it is dropped; a
+    sampled instruction meets the entries before it in its own chunk as it is reached.
+    Each score is exact; the maximum over the chunks is the maximum over all of them.
+    """
     total = _count_lines(root / INSTRUCTIONS)
     result: dict[str, Any] = {"instructions": total, "sampled": 0}
     if sample == 0 or total == 0:
@@ -158,18 +165,31 @@ def overlap(root: Path, config: Mapping[str, Any], sample: int) -> dict[str, Any
     for _, seed in records(root / SEEDS):
         if isinstance(seed.get("instruction"), str):
             seeds.add(seed["instruction"])
-    earlier = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
-    to_seed: list[float] = []
-    to_earlier: list[float] = []
-    for position, (_, rec) in enumerate(records(root / INSTRUCTIONS)):
-        text = rec.get("instruction")
-        if not isinstance(text, str):
-            continue
-        if position % stride == 0:
-            to_seed.append(seeds.check(text).score if len(seeds) else 0.0)
-            if len(earlier):
-                to_earlier.append(earlier.check(text).score)
-        earlier.add(text)
+
+    def texts() -> Iterator[tuple[int, str]]:
+        for position, (_, rec) in enumerate(records(root / INSTRUCTIONS)):
+            text = rec.get("instruction")
+            if isinstance(text, str):
+                yield position, text
+
+    sampled = [(position, text) for position, text in texts() if position % stride == 0]
+    to_seed = [seeds.check(text).score if len(seeds) else 0.0 for _, text in sampled]
+    best = [0.0] * len(sampled)
+    has_earlier = [False] * len(sampled)
+    pool = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
+    next_sample = 0
+    for seen, (position, text) in enumerate(texts()):
+        if next_sample < len(sampled) and sampled[next_sample][0] == position:
+            has_earlier[next_sample] = seen > 0
+            if len(pool):
+                best[next_sample] = max(best[next_sample], pool.check(text).score)
+            next_sample += 1
+        pool.add(text)
+        if len(pool) >= chunk:
+            for later in range(next_sample, len(sampled)):
+                best[later] = max(best[later], pool.check(sampled[later][1]).score)
+            pool = Pool(_TOP_ONLY, tokenizer=tokenizer, top_k=1)
+    to_earlier = [score for score, earlier in zip(best, has_earlier, strict=True) if earlier]
     result["sampled"] = len(to_seed)
     result["stride"] = stride
     result["seed"] = _histogram(to_seed)
@@ -273,6 +293,7 @@ def usage(run_json: Mapping[str, Any]) -> dict[str, Any]:
     }
     return {
         "by_model": tokens.get("by_model", {}),
+        "by_stage": tokens.get("by_stage", {}),
         "prompt_tokens": tokens.get("prompt"),
         "completion_tokens": tokens.get("completion"),
         "total_tokens": tokens.get("total"),
@@ -305,7 +326,7 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
     by_stage: Counter[str] = Counter()
     by_stage_reason: dict[str, Counter[str]] = {}
     task_level_by_reason: Counter[str] = Counter()
-    instance_level = 0
+    instance_level = candidate_losses = candidate_dedup = 0
     examples: dict[str, str] = {}
     rejected = 0
     contamination_matches: Counter[str] = Counter()
@@ -320,7 +341,10 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
         by_stage_reason.setdefault(stage, Counter())[reason] += 1
         if rec.get("task_level"):
             task_level_by_reason[reason] += 1
-        if stage == "instance_filter":
+        if "id" not in rec:
+            candidate_losses += 1
+            candidate_dedup += stage == "dedup"
+        elif not rec.get("task_level"):
             instance_level += 1
         if reason not in examples and isinstance(rec.get("text"), str):
             examples[reason] = _short(rec["text"])
@@ -375,20 +399,20 @@ def summarize(path: Path, options: ReportOptions | None = None) -> dict[str, Any
 
     counters = _obj(run_json.get("counters"))
     candidates = counters.get("candidates_seen")
-    filtered = by_stage.get("filter", 0) + by_stage.get("instructions", 0)
-    deduplicated = by_stage.get("dedup", 0)
-    other_before_admission = sum(n for stage, n in by_stage.items()
-                                 if stage not in {"filter", "instructions", "dedup"}
-                                 and stage not in _TASK_STAGES)
+    # A candidate lost before admission has no task id yet: the dedup pool's rejections
+    # (stage dedup), everything else the filters'. Rejections with an id lose an admitted
+    # task (task_level) or one of its instances.
+    filtered = candidate_losses - candidate_dedup
+    deduplicated = candidate_dedup
     task_level = sum(task_level_by_reason.values())
     pending = admitted - tasks - task_level
-    candidates_counted = admitted + filtered + deduplicated + other_before_admission
+    candidates_counted = admitted + filtered + deduplicated
     funnel = [
         {"step": "candidate instructions", "count": candidates_counted,
-         "lost": filtered, "lost_to": "filters (rejected.jsonl stages filter, instructions)"},
+         "lost": filtered, "lost_to": "filters and cut answers (rejected.jsonl, no task id)"},
         {"step": "passed the filters", "count": candidates_counted - filtered,
-         "lost": deduplicated + other_before_admission,
-         "lost_to": "ROUGE-L near-duplicates (rejected.jsonl stage dedup)"},
+         "lost": deduplicated,
+         "lost_to": "ROUGE-L near-duplicates (rejected.jsonl stage dedup, no task id)"},
         {"step": "admitted instructions", "count": admitted, "lost": task_level,
          "lost_to": "task-level rejections (no usable instances, cut answers, contamination)"},
         {"step": "finished tasks", "count": tasks, "lost": pending,
