@@ -160,8 +160,10 @@ class Config:
     # store each call's raw completion text and request index in raw_<stage>.jsonl
     keep_raw: bool = False
     # the reference's avg_similarity_score (mean ROUGE-L F against the whole pool) in the
-    # records; it scores every admitted instruction against every pool entry sharing a word
-    avg_similarity: bool = True
+    # records. It scores every admitted instruction against every pool entry sharing a
+    # word, which halves admission throughput on long runs (benchmarks/RESULTS.md, 30,000
+    # RPM): None (the default) means on with compat = "reference", off otherwise.
+    avg_similarity: bool | None = None
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
     classification_share: float = 0.0
@@ -202,6 +204,12 @@ class Config:
     # behaviour
     quiet: bool = False
     fsync: bool = False
+
+    def records_avg_similarity(self) -> bool:
+        """Whether admitted records carry avg_similarity_score (see ``avg_similarity``)."""
+        if self.avg_similarity is not None:
+            return self.avg_similarity
+        return self.compat == "reference"
 
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -181,7 +182,10 @@ def test_fidelity_options_load_from_flags_and_check_ranges() -> None:
     assert (config.compat, config.filters.max_instances, config.task_kinds) == ("reference", 7, "generation")
     assert config.classification_seeds_only and config.keep_raw and config.filters.alpaca_blacklist
     assert str(config.templates) == "/tmp/t.toml" and config.method == "alpaca"
-    assert config.avg_similarity is False and Config().avg_similarity is True
+    assert config.avg_similarity is False and not config.records_avg_similarity()
+    # by default only a reference run pays for the whole-pool score
+    assert not Config().records_avg_similarity()
+    assert dataclasses.replace(Config(), compat="reference").records_avg_similarity()
     assert sources["filters.max_instances"] == "from flags"
     with pytest.raises(ConfigError, match=r"filters\.max_instances.*1 to 1000"):
         config_from_args(build_parser("generate").parse_args(["generate", "--max-instances", "0"]))

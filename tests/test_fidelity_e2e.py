@@ -186,13 +186,13 @@ async def test_alpaca_method_end_to_end_passes_verify(make_sim: SimFactory, tmp_
     sim = await make_sim(seed=9, bad_item_rate=0.1, duplicate_rate=0.1, record_requests=1000)
     out = tmp_path / "alpaca"
     config = make_config(out, sim.base_url, target=40, method="alpaca", seed_tasks=PAPER_SEEDS,
-                         keep_raw=True)
+                         keep_raw=True, avg_similarity=True)
     result = await run_generate(config, install_signal_handlers=False)
     assert result.summary.status == "finished"
     tasks = _lines(out / TASKS)
     assert len(tasks) == 40
     assert all(len(t["instances"]) == 1 for t in tasks)
-    assert all(0.0 <= t["avg_similarity_score"] <= 0.7 for t in tasks)  # on by default
+    assert all(0.0 <= t["avg_similarity_score"] <= 0.7 for t in tasks)  # --avg-similarity
     report = verify_run(out)
     assert report.ok, report.summary()
     assert {(r.max_tokens, r.stop) for r in sim.received} == {(3072, ("\n20", "20."))}  # Alpaca's

@@ -46,7 +46,7 @@ class PoolSettings:
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
         return cls(config.threshold, config.inclusive_threshold, config.tokenizer,
-                   config.dedup_index, config.avg_similarity)
+                   config.dedup_index, config.records_avg_similarity())
 
 
 def build_pool(config: Config, seed_texts: Sequence[str], admitted_texts: Sequence[str]) -> Pool:

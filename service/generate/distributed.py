@@ -502,7 +502,7 @@ class _Admitter:
     def _new_pool(self, top_k: int = 10) -> Pool:
         return Pool(self.config.threshold, inclusive=self.config.inclusive_threshold,
                     tokenizer=self.config.tokenizer, index=self.config.dedup_index, top_k=top_k,
-                    mean_similarity=bool(top_k) and self.config.avg_similarity)
+                    mean_similarity=bool(top_k) and self.config.records_avg_similarity())
 
     def catch_up(self) -> int:
         """Apply every admission after the replica's last one, in stream order."""
