@@ -35,9 +35,11 @@ permutations). The exact top-10 (`most_similar`, kept for admitted instructions 
 reference does) costs 3-4x the decision; `Pool(top_k=0)` skips it, and the mean
 similarity (`mean_similarity=True`) costs one vectorised LCS per entry sharing a token.
 
-In `generate` the pool lives in one dedup thread fed in batches by a single admission
-consumer (`loop.run_in_executor` on a one-thread executor): ROUGE-L work never blocks the
-event loop, and decisions keep the order of a sequential run."""
+In `generate` the pool lives in one owner fed in batches by a single admission consumer:
+a child process by default (`--admission process`, its own interpreter lock), or a dedup
+thread (`--admission thread`). ROUGE-L work never blocks the event loop, and decisions keep
+the order of a sequential run. A rejection scores the candidates most prefix probes found
+first and stops at the first batch holding a match; exact repeats skip the index."""
 
 
 def reference_decisions(texts: list[str], threshold: float = 0.7) -> tuple[list[bool], float, int]:

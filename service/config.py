@@ -83,7 +83,7 @@ def default_stages() -> dict[str, StageConfig]:
         "instructions": StageConfig(
             temperature=0.7, top_p=0.5, presence_penalty=2.0, max_tokens=1024
         ),
-        "classify": StageConfig(temperature=0.0, top_p=1.0, max_tokens=3),
+        "classify": StageConfig(temperature=0.0, top_p=0.0, max_tokens=3),
         # 350 tokens for a generation task, 300 for a classification task, as the reference
         "instances": StageConfig(temperature=0.0, top_p=0.0, presence_penalty=1.5, max_tokens=350,
                                  classification_max_tokens=300),

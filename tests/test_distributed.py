@@ -80,7 +80,7 @@ def _assert_group_is_clean(url: str, run_id: str, killed: int = 0) -> None:
     parked for a later process, none of it finished already. A killed process's consumer
     is taken over and deleted only while another process still runs (the target may be
     reached first): up to ``killed`` may remain, holding only unfinished entries that any
-    later process claims once the lease has passed."""
+    later process claims once the lease has passed (and acknowledges if already done)."""
     client = redis.Redis.from_url(url)
     keys = Keys(run_id)
     consumers = {c["name"].decode(): c for c in client.xinfo_consumers(keys.admissions, "workers")}
@@ -90,7 +90,10 @@ def _assert_group_is_clean(url: str, run_id: str, killed: int = 0) -> None:
     assert {p["consumer"].decode() for p in pending} <= {PARKED, *left}
     admitted = {entry_id: f[b"task"] for entry_id, f in client.xrange(keys.admissions)}
     for entry in pending:
-        assert not client.hexists(keys.done, admitted[entry["message_id"]])
+        if entry["consumer"].decode() == PARKED:  # a clean exit parks only unfinished work
+            assert not client.hexists(keys.done, admitted[entry["message_id"]])
+        # A killed process may have committed a task and died before acknowledging its
+        # entry: a later claimer finds it done and only acknowledges it.
     client.close()
 
 
