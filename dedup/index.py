@@ -35,6 +35,7 @@ import numpy.typing as npt
 Element = str | tuple[str, int]
 _EPSILON = 1e-9
 _REBUILD_MIN = 256
+_DENSE_FACTOR = 16  # probe hits x this below the pool size: count them by sorting
 _NO_ENTRIES: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_HITS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
@@ -161,7 +162,12 @@ class PrefixIndex:
         parts = self._probe(code)
         if not parts:
             return _NO_ENTRIES, _NO_HITS
-        counts = np.bincount(np.concatenate(parts))
+        found = np.concatenate(parts)
+        if found.size * _DENSE_FACTOR < len(self._codes):
+            # Few hits in a large pool: sorting them beats a count array of pool size.
+            entries, hits = np.unique(found, return_counts=True)
+            return entries.astype(np.int32, copy=False), hits.astype(np.int64, copy=False)
+        counts = np.bincount(found)
         entries = np.flatnonzero(counts).astype(np.int32)
         return entries, counts[entries]
 
