@@ -119,7 +119,7 @@ async def soak(minutes: float, rpm: int, max_in_flight: int, latency_ms: float,
     samples: list[Sample] = []
     async with SimulatedServer(sim_settings) as sim:
         cmd = [sys.executable, "-m", "service", "generate", "--out", str(out),
-               "--target", "100000000", "--base-url", sim.base_url, "--model", "sim",
+               "--target", "10000000", "--base-url", sim.base_url, "--model", "sim",
                "--rpm", str(rpm), "--max-in-flight", str(max_in_flight),
                "--request-timeout", "2", "--seed", "5", "--quiet", "--show", "0"]
         process = await asyncio.create_subprocess_exec(
