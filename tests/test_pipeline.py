@@ -89,6 +89,60 @@ async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     assert verify_run(out).ok
 
 
+class _DrainAfter(PipelineObserver):
+    """Asks the pipeline to drain once ``after`` tasks are written; notes how many tasks
+    workers had started at that moment and how many were written afterwards."""
+
+    def __init__(self, pipeline: Pipeline, after: int) -> None:
+        self.pipeline, self.after = pipeline, after
+        self.running_at_drain: int | None = None
+        self.queued_at_drain = 0
+        self.written_after = 0
+
+    def task_written(self, task_id: str) -> None:
+        if self.running_at_drain is not None:
+            self.written_after += 1
+        elif self.pipeline.state.tasks_written >= self.after:
+            # This task's worker is still counted as running; the drain lets it finish.
+            self.running_at_drain = self.pipeline.flow.tasks_running - 1
+            self.queued_at_drain = self.pipeline.tasks_queued
+            self.pipeline.request_drain()
+
+
+async def test_drain_finishes_started_tasks_and_leaves_queued_ones_pending(
+        tmp_path: Path) -> None:
+    """A drain (SIGTERM, Ctrl-C) lets calls and started tasks finish and starts none of
+    the queued ones: they stay pending in instructions.jsonl, so the drain lasts about
+    one call, not the queue's length, and a resumed run finishes them."""
+    out = tmp_path / "run"
+    drains: list[_DrainAfter] = []
+
+    def attach(pipeline: Pipeline) -> None:
+        drains.append(_DrainAfter(pipeline, after=8))
+        pipeline.add_observer(drains[0])
+
+    # Slow answers under a low request rate: admitted tasks queue up behind the workers.
+    async with SimulatedServer(SimSettings(latency_ms=100, seed=6)) as sim:
+        config = make_config(out, sim.base_url, target=5000, rpm=600, max_in_flight=8)
+        result = await asyncio.wait_for(
+            run_generate(config, install_signal_handlers=False, on_pipeline=attach), 60)
+        (drain,) = drains
+        assert result.summary.status == "interrupted"
+        assert drain.running_at_drain is not None and drain.queued_at_drain > 0
+        assert drain.written_after <= drain.running_at_drain
+        written = len(jsonl(out / TASKS))
+        dropped = len({r["id"] for r in jsonl(out / REJECTED) if r.get("id")})
+        pending = len(jsonl(out / INSTRUCTIONS)) - written - dropped
+        assert pending >= drain.queued_at_drain - drain.running_at_drain
+        assert verify_run(out).ok
+        # The pending ones come first in the next run.
+        resumed = await run_generate(make_config(out, sim.base_url, target=written + 3,
+                                                 max_in_flight=8),
+                                     install_signal_handlers=False)
+        assert resumed.summary.status == "finished"
+        assert verify_run(out).ok
+
+
 async def test_cost_from_price_table_and_budget_stops_new_calls(sim: SimulatedServer,
                                                                tmp_path: Path) -> None:
     from dataclasses import replace

@@ -110,3 +110,21 @@ def test_flow_backlog(distributed: bool, backlog: int) -> None:
     view = flow.supply(5, 1, stopping=False, sequential=False, distributed=distributed)
     assert view.backlog == backlog
     assert (view.in_progress, view.inflight_prompts, view.remaining, view.written) == (3, 2, 5, 1)
+
+
+@pytest.mark.parametrize(
+    ("inflight_prompts", "batches_unadmitted", "tasks_running", "in_progress", "waits"),
+    [
+        (0, 0, 0, 0, False),   # nothing under way
+        (0, 0, 0, 40, False),  # admitted tasks only queued: a drain leaves them pending
+        (3, 0, 0, 0, True),    # instruction prompts in flight
+        (0, 1, 0, 0, True),    # answers received, not yet through admission
+        (0, 0, 2, 2, True),    # tasks a worker has started
+    ],
+)
+def test_drain_waits_for_started_work_only(inflight_prompts: int, batches_unadmitted: int,
+                                           tasks_running: int, in_progress: int,
+                                           waits: bool) -> None:
+    flow = Flow(in_progress=in_progress, inflight_prompts=inflight_prompts,
+                batches_unadmitted=batches_unadmitted, tasks_running=tasks_running)
+    assert flow.drain_waits() is waits

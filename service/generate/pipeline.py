@@ -86,8 +86,7 @@ class Pipeline:
                                  lambda stage, rec: self.run_dir.append(RAW_FILES[stage], rec))
         self._next_task_number = 1
         self._pending_resume: list[PendingTask] = []
-        # Set once the resumed backlog is queued: new admissions queue behind it, so a
-        # resumed run finishes what the last one left before anything it admits itself.
+        # Set once the resumed backlog is queued: a resumed run's new admissions wait behind it.
         self._pending_fed = asyncio.Event()
         self.flow = supply.Flow()
         # One request at a time: take turns (see the module docstring), so runs repeat.
@@ -236,17 +235,23 @@ class Pipeline:
         self.control.changed.set()
 
     def _new_task_id(self) -> str:
-        number = self._next_task_number
         self._next_task_number += 1
-        return f"task_{number:06d}"
+        return f"task_{self._next_task_number - 1:06d}"
 
     async def _task_worker(self) -> None:
         while True:
             task = await self._admitted.get()
+            if self.control.stopping:
+                # A drain starts no task: it stays pending for the next run. Taking it off
+                # the queue lets admission record the answers already received.
+                self.flow.in_progress -= 1
+                continue
             finished = False
+            self.flow.tasks_running += 1
             try:
                 finished = await self._finish_task(task)
             finally:
+                self.flow.tasks_running -= 1
                 if finished:
                     self.flow.in_progress -= 1
                     self.flow.finished += 1
@@ -265,7 +270,7 @@ class Pipeline:
                 self.control.fail(exc)
                 return False
             task.attempts += 1
-            if task.attempts < 2 and not self.control.stopped.is_set():
+            if task.attempts < 2 and not self.control.stopping:
                 # put_nowait: a worker blocking on its own input queue could deadlock.
                 with contextlib.suppress(asyncio.QueueFull):
                     self._admitted.put_nowait(task)
@@ -353,7 +358,7 @@ class Pipeline:
             for worker in workers:
                 worker.add_done_callback(self.control.on_worker_done)
             ticker = asyncio.create_task(self._ticker(), name="progress")
-            await self.control.wait(self._busy, self.drain_timeout_s)
+            await self.control.wait(self.flow.drain_waits, self.drain_timeout_s)
             ticker.cancel()
         finally:
             for w in workers:
@@ -372,6 +377,8 @@ class Pipeline:
     async def _feed_coordinated(self) -> None:
         assert self.coordinator is not None
         async for task in self.coordinator.work():
+            if self.control.stopping:
+                return  # a drain leases no more; this lease expires and is reclaimed
             self.flow.in_progress += 1
             await self._admitted.put(task)  # bounded: the lease is taken only when there is room
 
@@ -381,11 +388,6 @@ class Pipeline:
                 await self._admitted.put(task)
         finally:
             self._pending_fed.set()
-
-    def _busy(self) -> bool:
-        # Tasks taken by a worker and not yet finished: in_progress minus queued ones.
-        running = self.flow.in_progress - self._admitted.qsize() > 0
-        return self.flow.inflight_prompts > 0 or not self._admitted.empty() or running
 
     async def _ticker(self) -> None:
         while True:

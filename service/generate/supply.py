@@ -97,9 +97,15 @@ class Flow:
     queued_candidates: int = 0  # parsed, waiting for admission
     batches_unadmitted: int = 0  # candidate batches not yet through admission
     finished: int = 0  # tasks written or dropped
+    tasks_running: int = 0  # taken by a task worker and not yet done
     global_written: int | None = None  # a coordinator's count of the whole run, polled
     global_unfinished: int = 0  # a coordinator's admitted-not-finished count, polled
     estimate: YieldEstimate = field(default_factory=YieldEstimate)
+
+    def drain_waits(self) -> bool:
+        """Work a drain lets finish: prompts in flight, answers not yet through admission,
+        tasks a worker has started. Queued tasks are not started by a drain."""
+        return self.inflight_prompts > 0 or self.batches_unadmitted > 0 or self.tasks_running > 0
 
     def supply(self, remaining: int, written: int, *, stopping: bool, sequential: bool,
                distributed: bool) -> Supply:
