@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from benchmarks._results import table, write_section
-from service.bench.loadtest import BenchReport, BenchSettings, run_bench
-from service.bench.sweep import SweepResult, find_knee, plot_sweep, run_sweep
+from service.bench.loadtest import BenchReport, BenchSettings, bench_endpoint, run_bench
+from service.bench.sweep import SweepPoint, SweepResult, find_knee, plot_sweep, run_sweep
 from service.config import load_config
 from service.generate.orchestrator import run_generate
 from service.llm import install_uvloop
@@ -42,6 +43,7 @@ LEARN_S = 5.0
 CAPACITY = 48
 UNLOADED_S = 0.3
 SLOWDOWN = 0.5
+SETTLE_S = 5.0  # idle time between the embedded model's cases
 
 
 # ------------------------------------------------------------------ 1. learned limits
@@ -103,12 +105,33 @@ async def capacity_sweep(levels: list[int], duration_s: float) -> SweepResult:
 
 
 # ------------------------------------------------------------------ 4. embedded model
-async def local_cases(levels: list[int], duration_s: float) -> tuple[SweepResult, BenchReport]:
-    base = BenchSettings(base_url=None, duration_s=duration_s, max_tokens=64, drain_s=0.0)
-    sweep = await run_sweep(base, levels)
-    auto = await run_bench(BenchSettings(base_url=None, duration_s=duration_s * 2,
-                                         max_tokens=64, drain_s=0.0, concurrency="auto"))
-    return sweep, auto
+async def local_cases(levels: list[int], duration_s: float,
+                      warmup_s: float) -> tuple[SweepResult, BenchReport]:
+    """Every case against one embedded server, after a discarded warm-up run, each case
+    starting on an idle server.
+
+    Why: a freshly started llama.cpp server served ~25% fewer requests in its first
+    minute than later (fixed 8: 1.13 req/s, then 1.40 and 1.50 on the same server), and
+    it still works through the requests a case left unanswered at its end (a next case
+    run at once measured 1.33 instead of 1.53 req/s), so each case waits for those."""
+    base = BenchSettings(base_url=None, duration_s=duration_s, max_tokens=64, drain_s=0.0,
+                         concurrency=max(levels))
+    points: list[SweepPoint] = []
+
+    async def case(concurrency: int | Literal["auto"], seconds: float) -> BenchReport:
+        report = await run_bench(dataclasses.replace(live, concurrency=concurrency,
+                                                     duration_s=seconds))
+        # the left-over requests, at about one a second (the server's best is ~1.5/s)
+        await asyncio.sleep(SETTLE_S + report.unfinished * 1.0)
+        return report
+
+    async with bench_endpoint(base) as live:
+        await case(max(levels), warmup_s)
+        for level in levels:
+            points.append(SweepPoint.from_report(level, await case(level, duration_s)))
+        auto = await case("auto", duration_s * 2)
+    return SweepResult(auto.base_url, auto.model, auto.api, tuple(points),
+                       find_knee(points)), auto
 
 
 def auto_against_best(reports: dict[str, BenchReport]) -> str:
@@ -202,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_local:
         local_levels = [1, 2, 4, 8] if not args.quick else [2, 4]
-        local_duration = 10.0 if args.quick else 20.0
+        local_duration = 10.0 if args.quick else 45.0
+        local_warmup = 5.0 if args.quick else 60.0
         try:
-            local_sweep, auto = asyncio.run(local_cases(local_levels, local_duration))
+            local_sweep, auto = asyncio.run(local_cases(local_levels, local_duration,
+                                                        local_warmup))
         except Exception as exc:  # the embedded model may be missing on this machine
             sections.append(f"### Embedded model\n\nNot measured: {type(exc).__name__}: {exc}")
         else:
@@ -218,23 +243,23 @@ def main(argv: list[str] | None = None) -> int:
                                f"{auto.completion_tokens_per_s:,.0f}",
                                f"{(auto.latency_s.get('p50') or 0):.2f} s"])
             share = auto.requests_per_s / best.requests_per_s if best.requests_per_s else 0.0
+            local_knee = find_knee(local_sweep.points)
             sections.append(
                 "### Embedded model (llama.cpp, SmolLM2-135M, 1 thread, 4 slots)\n\n"
-                f"Fixed levels {local_duration:g} s each, `auto` {local_duration * 2:g} s "
-                "(it starts at 4 and needs a few windows of ~8 completions at ~1 req/s), "
-                "max_tokens 64, completions API.\n\n"
+                f"One server for every case, warmed up first by a discarded "
+                f"{local_warmup:g} s run (a fresh server is ~25% slower in its first "
+                "minute); each case starts once the server has answered what the last one "
+                "left; "
+                f"fixed levels {local_duration:g} s each, then `auto` for "
+                f"{local_duration * 2:g} s (it starts at 4 and measures in windows of at "
+                "least 8 completions, ~6 s each here, so its first windows count in its "
+                "average); max_tokens 64, completions API.\n\n"
                 + table(["concurrency", "req/s", "output tok/s", "latency p50"], local_rows)
                 + f"\n\n`auto` reached {share:.0%} of the best fixed level (concurrency "
                 f"{best.concurrency}, {best.requests_per_s:.2f} req/s); goal: within 10%. "
                 f"Limit at the end: {auto.limiter.get('in_flight_limit')}, no-load latency "
                 f"estimate {auto.limiter.get('no_load_latency_s')} s. "
-                f"Knee found by the sweep: {find_knee(local_sweep.points).concurrency if find_knee(local_sweep.points) else '-'}. "
-                "With 4 slots, concurrency 4 and 8 should serve alike: their difference is "
-                "this shared machine's noise, to weigh against the gap measured for "
-                "`auto`; "
-                "`auto` also started at 4, so it never saw the model's unloaded latency "
-                "(its no-load estimate is the 4-slot latency) and ended at "
-                f"{auto.limiter.get('in_flight_limit')} in flight."
+                f"Knee found by the sweep: {local_knee.concurrency if local_knee else '-'}."
                 f"\n\n![local sweep](figures/{LOCAL_SWEEP_PLOT.name})")
             print(sections[-1], flush=True)
 

@@ -103,3 +103,35 @@ def test_bench_against_the_local_server() -> None:
     assert report["calls"] == 6
     assert report["ok"] == 6
     assert report["outcomes"].get("200") == report["ok"]
+
+
+def test_sweep_and_auto_against_the_local_server(tmp_path: Path) -> None:
+    """`bench --sweep` and `--concurrency auto` work against the embedded llama.cpp
+    server (4 slots): every level is served, a full batch is slower than one request,
+    and auto measures the model's no-load latency and sets a bounded limit."""
+    plot = tmp_path / "sweep.png"
+    swept = subprocess.run(
+        [sys.executable, "-m", "service", "bench", "--sweep", "--levels", "1,4",
+         "--duration", "8", "--max-tokens", "16", "--plot", str(plot), "--json", "--quiet"],
+        env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    result = json.loads(swept.stdout)
+    points = {p["concurrency"]: p for p in result["points"]}
+    assert set(points) == {1, 4}
+    assert all(p["requests_per_s"] > 0 and not p["failed"] for p in points.values())
+    assert points[4]["p50_s"] > points[1]["p50_s"]  # four sequences share one thread
+    assert result["knee"]["concurrency"] in (1, 4)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    auto = subprocess.run(
+        [sys.executable, "-m", "service", "bench", "--concurrency", "auto", "--duration", "20",
+         "--max-tokens", "16", "--json", "--quiet"],
+        env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    report = json.loads(auto.stdout)
+    assert report["concurrency"] == "auto" and report["ok"] > 0
+    limiter = report["limiter"]
+    assert limiter["in_flight_mode"] == "auto"
+    assert limiter["no_load_latency_s"] is not None and limiter["no_load_latency_s"] > 0
+    assert 2 <= limiter["in_flight_limit"] <= 64, limiter

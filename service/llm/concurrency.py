@@ -76,6 +76,8 @@ class GradientLimit:
         self._latency_sum = 0.0
         self._in_flight_sum = 0
         self._backoff_until = -math.inf
+        self._changed_at = -math.inf  # when the limit last changed
+        self._last_now = -math.inf
         self.windows = 0
         self.backoffs = 0
         self.last_latency_s: float | None = None
@@ -89,6 +91,7 @@ class GradientLimit:
                   overload: bool = False) -> int:
         """One finished request: its latency, how many were in flight when it finished
         (itself included), and whether it timed out or got a 5xx. Returns the limit."""
+        self._last_now = now
         if overload:
             if now >= self._backoff_until:
                 self._set(self._limit * self.backoff)
@@ -100,6 +103,11 @@ class GradientLimit:
                 self._prev = None
             return self.limit
         if not math.isfinite(latency_s) or latency_s < 0:
+            return self.limit
+        if now - latency_s < self._changed_at:
+            # Sent under the previous limit: it would blur what the current one does,
+            # so the window opens after the last of them.
+            self._start = now
             return self.limit
         if self._start is None:
             self._start = now
@@ -134,6 +142,13 @@ class GradientLimit:
             self.slow_start = False
             self._set(limit * max(0.5, self.tolerance / ratio))
         elif ratio <= self.tolerance:
+            if self.slow_start and prev is not None and limit > prev[0] and prev[1] > 0 \
+                    and (throughput / prev[1] - 1) / (limit / prev[0] - 1) < _GAIN_NEEDED:
+                # Slow start ends where doubling stops paying: the server's slots were
+                # already full, and the extra requests only queue (its latency lags).
+                self.slow_start = False
+                self._set(prev[0])
+                return
             self._set(limit * 2 if self.slow_start else limit + step)
         else:
             self.slow_start = False
@@ -148,7 +163,10 @@ class GradientLimit:
             self._set(limit + step if elasticity >= _GAIN_NEEDED else limit * _SHRINK)
 
     def _set(self, value: float) -> None:
+        before = self.limit
         self._limit = min(float(self.max_limit), max(float(self.min_limit), value))
+        if self.limit != before:
+            self._changed_at = self._last_now
 
     def _reset(self, now: float) -> None:
         self._start = now
