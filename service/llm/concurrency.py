@@ -9,7 +9,11 @@ rises as their batch fills even when nothing queues:
 * It keeps a **no-load latency** estimate: the lowest window mean of the recent past.
 * Per window of completions it compares the window's mean latency with that estimate.
   Near it (ratio <= ``tolerance``) nothing queues: grow (doubling until the first sign
-  of queueing, then by about the square root of the limit).
+  of queueing, then by about the square root of the limit). Doubling also ends, back at
+  the previous limit, when it did not raise throughput by 30% in proportion: a server
+  whose slots are full only queues the extra requests, and its latency shows that late.
+  Answers to requests sent before the limit last changed are left out of the window:
+  they measure the old limit.
 * Above it, the latency alone cannot tell batching from queueing, so throughput decides:
   if the last change of the limit moved throughput with it (by at least 30% in
   proportion), the extra requests were served, not queued, so keep growing; if not,
