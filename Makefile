@@ -51,6 +51,10 @@ bench: setup
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.scaleout
 	$(PY) -m benchmarks.local_model
+	$(PY) -m benchmarks.adaptive
+	$(PY) -m benchmarks.cost
+	$(PY) -m benchmarks.report
+	$(PY) -m benchmarks.decontaminate
 	$(PY) -m benchmarks.soak --minutes 5
 
 clean:

@@ -10,7 +10,9 @@
 4. The embedded llama.cpp model (4 slots): ``auto`` against the best fixed level a sweep
    finds.
 
-    python -m benchmarks.adaptive [--quick] [--skip-local] [--no-write]
+    python -m benchmarks.adaptive [--quick] [--skip-local | --only-local] [--no-write]
+
+The embedded model's figures go to their own section of RESULTS.md (adaptive-local).
 """
 
 from __future__ import annotations
@@ -105,18 +107,48 @@ async def capacity_sweep(levels: list[int], duration_s: float) -> SweepResult:
 
 
 # ------------------------------------------------------------------ 4. embedded model
-async def local_cases(levels: list[int], duration_s: float,
-                      warmup_s: float) -> tuple[SweepResult, BenchReport]:
-    """Every case against one embedded server, after a discarded warm-up run, each case
-    starting on an idle server.
+@dataclasses.dataclass
+class LocalRounds:
+    """Every run of the embedded-model comparison, by round."""
+
+    fixed: dict[int, list[BenchReport]]  # level -> one report per round
+    auto: list[BenchReport]
+
+    def best_fixed(self, round_: int) -> BenchReport:
+        return max((runs[round_] for runs in self.fixed.values()),
+                   key=lambda r: r.requests_per_s)
+
+    def auto_share(self, round_: int) -> float:
+        best = self.best_fixed(round_).requests_per_s
+        return self.auto[round_].requests_per_s / best if best else 0.0
+
+    def sweep(self) -> SweepResult:
+        """The median run of each level, as a sweep."""
+        points = tuple(SweepPoint.from_report(level, _median(runs))
+                       for level, runs in self.fixed.items())
+        report = self.auto[0]
+        return SweepResult(report.base_url, report.model, report.api, points,
+                           find_knee(points))
+
+
+def _median(reports: list[BenchReport]) -> BenchReport:
+    return sorted(reports, key=lambda r: r.requests_per_s)[len(reports) // 2]
+
+
+async def local_cases(levels: list[int], duration_s: float, warmup_s: float,
+                      rounds: int) -> LocalRounds:
+    """Rounds of (every fixed level, then `auto`) against one embedded server, after a
+    discarded warm-up run, each case starting on an idle server; `auto` is compared
+    with the best fixed level of its own round.
 
     Why: a freshly started llama.cpp server served ~25% fewer requests in its first
-    minute than later (fixed 8: 1.13 req/s, then 1.40 and 1.50 on the same server), and
-    it still works through the requests a case left unanswered at its end (a next case
-    run at once measured 1.33 instead of 1.53 req/s), so each case waits for those."""
+    minute than later (fixed 8: 1.13 req/s, then 1.40 and 1.50 on the same server); it
+    still works through the requests a case left unanswered at its end (a next case run
+    at once measured 1.33 instead of 1.53 req/s); and this virtual machine's speed drifts
+    by 10-30% over minutes, so cases far apart in time are not comparable."""
     base = BenchSettings(base_url=None, duration_s=duration_s, max_tokens=64, drain_s=0.0,
                          concurrency=max(levels))
-    points: list[SweepPoint] = []
+    result = LocalRounds({level: [] for level in levels}, [])
 
     async def case(concurrency: int | Literal["auto"], seconds: float) -> BenchReport:
         report = await run_bench(dataclasses.replace(live, concurrency=concurrency,
@@ -127,11 +159,13 @@ async def local_cases(levels: list[int], duration_s: float,
 
     async with bench_endpoint(base) as live:
         await case(max(levels), warmup_s)
-        for level in levels:
-            points.append(SweepPoint.from_report(level, await case(level, duration_s)))
-        auto = await case("auto", duration_s * 2)
-    return SweepResult(auto.base_url, auto.model, auto.api, tuple(points),
-                       find_knee(points)), auto
+        for round_ in range(rounds):
+            for level in levels:
+                result.fixed[level].append(await case(level, duration_s))
+            result.auto.append(await case("auto", duration_s * 2))
+            print(f"  round {round_ + 1}: auto {result.auto[-1].requests_per_s:.2f} req/s, "
+                  f"{result.auto_share(round_):.0%} of the round's best", flush=True)
+    return result
 
 
 def auto_against_best(reports: dict[str, BenchReport]) -> str:
@@ -145,15 +179,10 @@ def auto_against_best(reports: dict[str, BenchReport]) -> str:
             f"req/s).")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
-    parser.add_argument("--skip-local", action="store_true", help="not the embedded model")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    install_uvloop()
-    target = 300 if args.quick else 1000
-    duration = 10.0 if args.quick else 45.0
+def simulated_sections(quick: bool) -> list[str]:
+    """Learned limits, the capacity server and its sweep, as markdown sections."""
+    target = 300 if quick else 1000
+    duration = 10.0 if quick else 45.0
     sections: list[str] = []
 
     rows = []
@@ -209,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print(sections[-1], flush=True)
 
     levels = [4, 8, 16, 32, 48, 64, 96, 128, 256]
-    sweep = asyncio.run(capacity_sweep(levels, 5.0 if args.quick else 8.0))
+    sweep = asyncio.run(capacity_sweep(levels, 5.0 if quick else 8.0))
     plot_sweep(sweep, SWEEP_PLOT, title=f"bench --sweep against simulate --capacity {CAPACITY}")
     knee = sweep.knee
     sections.append(
@@ -223,50 +252,72 @@ def main(argv: list[str] | None = None) -> int:
         + f"\n\n![sweep](figures/{SWEEP_PLOT.name})")
     print(sections[-1], flush=True)
 
-    if not args.skip_local:
-        local_levels = [1, 2, 4, 8] if not args.quick else [2, 4]
-        local_duration = 10.0 if args.quick else 45.0
-        local_warmup = 5.0 if args.quick else 60.0
-        try:
-            local_sweep, auto = asyncio.run(local_cases(local_levels, local_duration,
-                                                        local_warmup))
-        except Exception as exc:  # the embedded model may be missing on this machine
-            sections.append(f"### Embedded model\n\nNot measured: {type(exc).__name__}: {exc}")
-        else:
-            plot_sweep(local_sweep, LOCAL_SWEEP_PLOT,
-                       title="bench --sweep against the embedded model (4 slots)")
-            best = max(local_sweep.points, key=lambda p: p.requests_per_s)
-            local_rows = [[p.concurrency, f"{p.requests_per_s:.2f}",
-                           f"{p.output_tokens_per_s:,.0f}", f"{(p.p50_s or 0):.2f} s"]
-                          for p in local_sweep.points]
-            local_rows.append(["auto", f"{auto.requests_per_s:.2f}",
-                               f"{auto.completion_tokens_per_s:,.0f}",
-                               f"{(auto.latency_s.get('p50') or 0):.2f} s"])
-            share = auto.requests_per_s / best.requests_per_s if best.requests_per_s else 0.0
-            local_knee = find_knee(local_sweep.points)
-            sections.append(
-                "### Embedded model (llama.cpp, SmolLM2-135M, 1 thread, 4 slots)\n\n"
-                f"One server for every case, warmed up first by a discarded "
-                f"{local_warmup:g} s run (a fresh server is ~25% slower in its first "
-                "minute); each case starts once the server has answered what the last one "
-                "left; "
-                f"fixed levels {local_duration:g} s each, then `auto` for "
-                f"{local_duration * 2:g} s (it starts at 4 and measures in windows of at "
-                "least 8 completions, ~6 s each here, so its first windows count in its "
-                "average); max_tokens 64, completions API.\n\n"
-                + table(["concurrency", "req/s", "output tok/s", "latency p50"], local_rows)
-                + f"\n\n`auto` reached {share:.0%} of the best fixed level (concurrency "
-                f"{best.concurrency}, {best.requests_per_s:.2f} req/s); goal: within 10%. "
-                f"Limit at the end: {auto.limiter.get('in_flight_limit')}, no-load latency "
-                f"estimate {auto.limiter.get('no_load_latency_s')} s. "
-                f"Knee found by the sweep: {local_knee.concurrency if local_knee else '-'}."
-                f"\n\n![local sweep](figures/{LOCAL_SWEEP_PLOT.name})")
-            print(sections[-1], flush=True)
+    return sections
 
-    if not args.no_write:
-        write_section("adaptive", "## Limits nobody told us (`python -m benchmarks.adaptive`)"
-                      "\n\n" + "\n\n".join(sections))
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
+    parser.add_argument("--skip-local", action="store_true", help="not the embedded model")
+    parser.add_argument("--only-local", action="store_true", help="only the embedded model")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    install_uvloop()
+    if not args.only_local:
+        sections = simulated_sections(args.quick)
+        if not args.no_write:
+            write_section("adaptive", "## Limits nobody told us (`python -m benchmarks.adaptive`)"
+                          "\n\n" + "\n\n".join(sections))
+    if not args.skip_local:
+        local = local_section(args.quick)
+        print(local, flush=True)
+        if not args.no_write:
+            write_section("adaptive-local", local)
     return 0
+
+
+def local_section(quick: bool) -> str:
+    """The embedded model: rounds of fixed levels and `auto`, as markdown."""
+    levels = [1, 2, 4, 8] if not quick else [2, 4]
+    duration = 10.0 if quick else 30.0
+    warmup = 5.0 if quick else 60.0
+    rounds = 1 if quick else 3
+    title = ("## Limits nobody told us: the embedded model (`python -m benchmarks.adaptive "
+             "--only-local`)\n\nllama.cpp, SmolLM2-135M, 1 thread, 4 slots.")
+    try:
+        runs = asyncio.run(local_cases(levels, duration, warmup, rounds))
+    except Exception as exc:  # the embedded model may be missing on this machine
+        return f"{title}\n\nNot measured: {type(exc).__name__}: {exc}"
+    sweep = runs.sweep()
+    plot_sweep(sweep, LOCAL_SWEEP_PLOT, title="bench --sweep against the embedded model (4 slots)")
+    rows = [[level, *(f"{r.requests_per_s:.2f}" for r in reports),
+             f"{_median(reports).completion_tokens_per_s:,.0f}",
+             f"{(_median(reports).latency_s.get('p50') or 0):.2f} s"]
+            for level, reports in runs.fixed.items()]
+    rows.append(["auto", *(f"{r.requests_per_s:.2f}" for r in runs.auto),
+                 f"{_median(runs.auto).completion_tokens_per_s:,.0f}",
+                 f"{(_median(runs.auto).latency_s.get('p50') or 0):.2f} s"])
+    shares = [runs.auto_share(k) for k in range(rounds)]
+    median_share = sorted(shares)[len(shares) // 2]
+    knee = sweep.knee
+    limits = ", ".join(f"{r.limiter.get('in_flight_limit')}" for r in runs.auto)
+    return (
+        f"{title} One server for every case, warmed up first by a discarded {warmup:g} s "
+        "run (a fresh server is ~25% slower in its first minute); each case starts once "
+        "the server has answered what the last one left. "
+        f"{rounds} rounds, each: fixed levels {duration:g} s each, then `auto` for "
+        f"{duration * 2:g} s (it starts at 4 and measures in windows of at least 8 "
+        "completions, so its first windows count in its average); `auto` is compared "
+        "with the best fixed level of the same round, as this machine's speed drifts "
+        "over minutes. max_tokens 64, completions API. Requests per second:\n\n"
+        + table(["concurrency", *(f"round {k + 1}" for k in range(rounds)),
+                 "output tok/s (median run)", "latency p50 (median run)"], rows)
+        + "\n\n`auto` against the best fixed level of its round: "
+        + ", ".join(f"{share:.0%}" for share in shares)
+        + f" (median {median_share:.0%}); goal: within 10%. Its limit at the end of each "
+        f"round: {limits}. Knee of the median sweep: "
+        f"{knee.concurrency if knee else '-'} (the lowest level with 90% of the best)."
+        f"\n\n![local sweep](figures/{LOCAL_SWEEP_PLOT.name})")
 
 
 if __name__ == "__main__":
