@@ -51,6 +51,15 @@ _GAIN_NEEDED = 0.3  # throughput must follow the limit by at least this elastici
 _SHRINK = 0.9
 
 
+def _elasticity(prev: tuple[float, float] | None, limit: float,
+                throughput: float) -> float | None:
+    """How throughput followed the last change of the limit (its relative change over
+    the limit's); None without a previous window, or when the limit barely moved."""
+    if prev is None or prev[1] <= 0 or abs(limit / prev[0] - 1) < 0.01:
+        return None
+    return (throughput / prev[1] - 1) / (limit / prev[0] - 1)
+
+
 class GradientLimit:
     """The adaptive limit; feed it every finished request with :meth:`on_sample`."""
 
@@ -81,7 +90,6 @@ class GradientLimit:
         self._in_flight_sum = 0
         self._backoff_until = -math.inf
         self._changed_at = -math.inf  # when the limit last changed
-        self._last_now = -math.inf
         self.windows = 0
         self.backoffs = 0
         self.last_latency_s: float | None = None
@@ -95,10 +103,9 @@ class GradientLimit:
                   overload: bool = False) -> int:
         """One finished request: its latency, how many were in flight when it finished
         (itself included), and whether it timed out or got a 5xx. Returns the limit."""
-        self._last_now = now
         if overload:
             if now >= self._backoff_until:
-                self._set(self._limit * self.backoff)
+                self._set(self._limit * self.backoff, now)
                 self.slow_start = False
                 self.backoffs += 1
                 # requests sent under the old limit come back within about a latency
@@ -142,35 +149,33 @@ class GradientLimit:
         ratio = mean / self.no_load_s if self.no_load_s > 0 else 1.0
         prev, self._prev = self._prev, (limit, throughput)
         step = max(1.0, math.sqrt(limit))
+        elasticity = _elasticity(prev, limit, throughput)
         if ratio > self.max_ratio:
             self.slow_start = False
-            self._set(limit * max(0.5, self.tolerance / ratio))
+            self._set(limit * max(0.5, self.tolerance / ratio), now)
         elif ratio <= self.tolerance:
-            if self.slow_start and prev is not None and limit > prev[0] and prev[1] > 0 \
-                    and (throughput / prev[1] - 1) / (limit / prev[0] - 1) < _GAIN_NEEDED:
+            if self.slow_start and prev is not None and elasticity is not None \
+                    and elasticity < _GAIN_NEEDED:
                 # Slow start ends where doubling stops paying: the server's slots were
                 # already full, and the extra requests only queue (its latency lags).
                 self.slow_start = False
-                self._set(prev[0])
+                self._set(prev[0], now)
                 return
-            self._set(limit * 2 if self.slow_start else limit + step)
+            self._set(limit * 2 if self.slow_start else limit + step, now)
         else:
             self.slow_start = False
-            if prev is None or prev[1] <= 0 or abs(limit / prev[0] - 1) < 0.01:
-                self._set(limit * _SHRINK)  # queueing by latency, no evidence of gain
+            if elasticity is None:
+                self._set(limit * _SHRINK, now)  # queueing by latency, no evidence of gain
                 return
-            limit_change = limit / prev[0] - 1
-            throughput_change = throughput / prev[1] - 1
-            elasticity = throughput_change / limit_change
             # Growing with throughput following, or shrinking with throughput falling
             # as much: the requests were being served, so the knee is higher.
-            self._set(limit + step if elasticity >= _GAIN_NEEDED else limit * _SHRINK)
+            self._set(limit + step if elasticity >= _GAIN_NEEDED else limit * _SHRINK, now)
 
-    def _set(self, value: float) -> None:
+    def _set(self, value: float, now: float) -> None:
         before = self.limit
         self._limit = min(float(self.max_limit), max(float(self.min_limit), value))
         if self.limit != before:
-            self._changed_at = self._last_now
+            self._changed_at = now
 
     def _reset(self, now: float) -> None:
         self._start = now
