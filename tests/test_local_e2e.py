@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,14 +93,19 @@ def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
     assert run["status"] == "interrupted"
 
 
-def test_bench_against_the_local_server() -> None:
+def _bench_json(*flags: str) -> dict[str, Any]:
+    """`selfinstruct bench FLAGS --json --quiet` on the embedded model: its JSON object."""
     done = subprocess.run(
-        [sys.executable, "-m", "service", "bench", "--requests", "6", "--concurrency", "3",
-         "--max-tokens", "16", "--json", "--quiet"],
+        [sys.executable, "-m", "service", "bench", *flags, "--json", "--quiet"],
         env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_bench_against_the_local_server() -> None:
+    report = _bench_json("--requests", "6", "--concurrency", "3", "--max-tokens", "16")
     assert report["calls"] == 6
     assert report["ok"] == 6
     assert report["outcomes"].get("200") == report["ok"]
@@ -110,26 +116,15 @@ def test_sweep_and_auto_against_the_local_server(tmp_path: Path) -> None:
     server (4 slots): every level is served, a full batch is slower than one request,
     and auto measures the model's no-load latency and sets a bounded limit."""
     plot = tmp_path / "sweep.png"
-    swept = subprocess.run(
-        [sys.executable, "-m", "service", "bench", "--sweep", "--levels", "1,4",
-         "--duration", "8", "--max-tokens", "16", "--plot", str(plot), "--json", "--quiet"],
-        env=child_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert swept.returncode == 0, swept.stderr[-2000:]
-    result = json.loads(swept.stdout)
+    result = _bench_json("--sweep", "--levels", "1,4", "--duration", "8", "--max-tokens", "16",
+                         "--plot", str(plot))
     points = {p["concurrency"]: p for p in result["points"]}
     assert set(points) == {1, 4}
     assert all(p["requests_per_s"] > 0 and not p["failed"] for p in points.values())
     assert points[4]["p50_s"] > points[1]["p50_s"]  # four sequences share one thread
     assert result["knee"]["concurrency"] in (1, 4)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    auto = subprocess.run(
-        [sys.executable, "-m", "service", "bench", "--concurrency", "auto", "--duration", "20",
-         "--max-tokens", "16", "--json", "--quiet"],
-        env=child_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert auto.returncode == 0, auto.stderr[-2000:]
-    report = json.loads(auto.stdout)
+    report = _bench_json("--concurrency", "auto", "--duration", "20", "--max-tokens", "16")
     assert report["concurrency"] == "auto" and report["ok"] > 0
     limiter = report["limiter"]
     assert limiter["in_flight_mode"] == "auto"
